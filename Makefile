@@ -1,0 +1,35 @@
+# A fresh machine needs only these targets; each installs what it uses.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PYTEST_FAST := -m "not slow and not docker and not cluster and not browser"
+
+.PHONY: setup run test test-fast bench lint clean
+
+setup: $(INSTALLED)
+	$(BIN)/clouddetect model fetch
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[lab,test]'
+	touch $@
+
+run: setup
+	$(BIN)/clouddetect serve
+
+test: setup
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest $(PYTEST_FAST)
+
+bench: setup
+	$(BIN)/python benchmarks/service_vs_raw.py
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,1 @@
+"""CloudDetect: YOLOv3-tiny object detection as a Flask web service."""

@@ -1,0 +1,3 @@
+from clouddetect.cli import main
+
+main()

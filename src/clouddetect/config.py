@@ -1,0 +1,106 @@
+"""Every setting of the service in one place.
+
+Values come from the defaults below, then ``CLOUDDETECT_<NAME>`` environment variables, then command-line flags
+(the CLI passes them as overrides). Each limit, timeout and size carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CLOUDDETECT_"
+
+
+def _default_model_dir() -> Path:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "clouddetect" / "yolov3-tiny"
+
+
+def _default_instance_name() -> str:
+    # Kubernetes passes the pod name through the Downward API; elsewhere the host name says who answered.
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def _setting(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's settings; defaults suit one pod with CPU 0.5 and memory 512Mi."""
+
+    host: str = _setting("0.0.0.0", "Address to listen on.")
+    port: int = _setting(5000, "TCP port to listen on (above 1024).")
+    workers: int = _setting(1, "Worker processes; each loads its own copy of the model.")
+    threads: int = _setting(256, "Request threads per worker; one request is served on one thread.")
+    max_connections: int = _setting(1000, "Open connections per worker; more wait in the listen backlog.")
+    inference_threads: int = _setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
+    winograd: bool = _setting(False, "OpenCV's Winograd convolutions: ~2x the memory for no speed on this model.")
+    confidence_threshold: float = _setting(0.5, "Smallest class score reported.")
+    nms_threshold: float = _setting(0.4, "IoU above which overlapping boxes of one class are merged.")
+    input_size_px: int = _setting(416, "Side of the square network input.")
+    max_waiting_requests: int = _setting(
+        192, "Requests per worker waiting for inference; past it the answer is 503 with Retry-After."
+    )
+    max_waiting_body_bytes: int = _setting(
+        128 * 1024 * 1024, "Bytes of request bodies waiting for inference per worker; past it the answer is 503."
+    )
+    decode_slots: int = _setting(1, "Images decoded at once per worker; bounds the memory of large photos.")
+    retry_after_s: int = _setting(1, "Retry-After sent with 503 answers.")
+    max_body_bytes: int = _setting(16 * 1024 * 1024, "Largest request body accepted (413 above).")
+    graceful_timeout_s: int = _setting(30, "Time in-flight requests get to finish after SIGTERM.")
+    worker_timeout_s: int = _setting(120, "A worker silent this long is restarted.")
+    keepalive_s: int = _setting(5, "How long an idle keep-alive connection is held open.")
+    model_dir: Path = _setting(_default_model_dir(), "Folder holding yolov3-tiny.cfg, .weights and coco.names.")
+    download_timeout_s: int = _setting(300, "Time allowed to download the model files.")
+    instance_name: str = _setting(_default_instance_name(), "Name logged with each request (pod or host).")
+    log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then environment variables, then the given overrides (None means not given)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.type, raw, f.name)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(cls(), **values)
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "threads", "max_connections", "inference_threads", "input_size_px",
+                     "max_waiting_requests", "max_waiting_body_bytes", "decode_slots", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.max_waiting_body_bytes < self.max_body_bytes:
+            raise ValueError("max_waiting_body_bytes must be at least max_body_bytes")
+        if not 1024 < self.port < 65536:
+            raise ValueError("port must be above 1024 and below 65536")
+        for name in ("confidence_threshold", "nms_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        object.__setattr__(self, "model_dir", Path(self.model_dir))
+
+
+def _parse(type_name: Any, raw: str, name: str) -> Any:
+    kind = {"int": int, "float": float, "Path": Path, "str": str, "bool": _parse_bool}[str(type_name)]
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")

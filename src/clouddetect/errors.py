@@ -1,0 +1,58 @@
+"""The mistakes a client can make, each with the HTTP status it is answered with.
+
+The API maps every ``ClientError`` to a JSON body in one handler; nothing else decides status codes.
+"""
+
+from __future__ import annotations
+
+
+class ClientError(Exception):
+    """A request the service cannot serve; ``message`` says what was wrong and what is accepted."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+
+class NotJson(ClientError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class BodyTooLarge(ClientError):
+    status = 413
+    code = "body_too_large"
+
+
+class MalformedJson(ClientError):
+    code = "malformed_json"
+
+
+class InvalidField(ClientError):
+    code = "invalid_field"
+
+
+class InvalidBase64(ClientError):
+    code = "invalid_base64"
+
+
+class NotAnImage(ClientError):
+    code = "not_an_image"
+
+
+class Overloaded(ClientError):
+    """Too many requests already wait for inference; the client should retry later."""
+
+    status = 503
+    code = "overloaded"
+
+
+class NotReady(ClientError):
+    """The model is still loading or warming up."""
+
+    status = 503
+    code = "not_ready"
