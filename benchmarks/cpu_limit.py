@@ -1,0 +1,68 @@
+"""Run processes under a CPU limit like a Kubernetes pod's, so benchmarks here measure what a pod would get.
+
+Where the machine allows it, a fresh cgroup with a CFS quota (v1 ``cpu.cfs_quota_us`` or v2 ``cpu.max``) holds the
+processes; elsewhere they are pinned to one core, which is more than 0.5 CPU, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CFS_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True)
+class CpuLimit:
+    cpus: float
+    cgroup: Path | None
+    description: str
+
+    def join(self) -> None:
+        """Move the calling process into the limit; pass as ``preexec_fn`` so a child starts inside it."""
+        if self.cgroup is not None:
+            (self.cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        else:
+            os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+
+def _make_cgroup(name: str, cpus: float) -> Path | None:
+    quota_us = int(cpus * CFS_PERIOD_US)
+    v1 = CGROUP_ROOT / "cpu"
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            group = v1 / name
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+            return group
+        if (CGROUP_ROOT / "cgroup.controllers").exists():
+            group = CGROUP_ROOT / name
+            group.mkdir(exist_ok=True)
+            (group / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}")
+            return group
+    except OSError as exc:
+        print(f"warning: cannot create a cgroup here ({exc})", file=sys.stderr)
+    return None
+
+
+@contextmanager
+def cpu_limit(cpus: float = 0.5, name: str = "clouddetect-bench") -> Iterator[CpuLimit]:
+    """A CPU limit for child processes; the cgroup is removed afterwards (its processes must have ended)."""
+    group = _make_cgroup(f"{name}-{os.getpid()}", cpus)
+    if group is None:
+        print(f"warning: no CFS quota available; pinning to one core instead of {cpus} CPU", file=sys.stderr)
+        yield CpuLimit(cpus, None, "pinned to one core (no CFS quota available)")
+        return
+    try:
+        yield CpuLimit(cpus, group, f"cgroup {group} with CFS quota {cpus} CPU")
+    finally:
+        try:
+            group.rmdir()
+        except OSError as exc:
+            print(f"warning: cgroup {group} not removed: {exc}", file=sys.stderr)

@@ -1,0 +1,123 @@
+"""How much of the raw OpenCV pipeline's speed the full HTTP service keeps, under a pod's 0.5-CPU limit.
+
+Both are measured in this one run, on the same images and the same CPU limit:
+- raw: decode + resize + forward + post-processing with the detector alone, in one process;
+- service: ``clouddetect serve`` (gunicorn, Flask, JSON, base64) fed by a concurrent client from outside the limit.
+Prints images/s of each, their ratio, and the serving worker's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cpu_limit import cpu_limit
+
+from clouddetect.client import run as run_client
+from clouddetect.images import default_folder, image_files
+
+READY_TIMEOUT_S = 120.0
+
+
+def raw_pipeline(folder: Path, rounds: int) -> float:
+    """Images/s of the detector alone, after one warm-up inference."""
+    from clouddetect.codec import decode_image
+    from clouddetect.config import Settings
+    from clouddetect.detector import Detector
+    from clouddetect.model_store import locate
+
+    settings = Settings.load()
+    detector = Detector(locate(settings.model_dir), settings)
+    detector.warm_up()
+    payloads = [p.read_bytes() for p in image_files(folder)]
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for data in payloads:
+            detector.detect(decode_image(data))
+    return rounds * len(payloads) / (time.perf_counter() - started)
+
+
+def worker_peak_rss_mib(master_pid: int) -> float:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    peaks = []
+    for pid in [master_pid, *map(int, children)]:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks)
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready within {timeout_s} s")
+
+
+def service(folder: Path, rounds: int, concurrency: int, port: int, join: object) -> tuple[float, float]:
+    """Images/s of the whole service over HTTP, and the worker's peak RSS in MiB."""
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        preexec_fn=join,  # noqa: PLW1509 - the child must start inside the CPU limit
+    )
+    try:
+        wait_ready(url, READY_TIMEOUT_S)
+        run_client(url, folder, concurrency, 60.0, lambda _: None)  # warm-up round
+        started = time.perf_counter()
+        images = 0
+        for _ in range(rounds):
+            summary = run_client(url, folder, concurrency, 60.0, lambda _: None)
+            if summary.failed:
+                raise RuntimeError(f"{summary.failed} requests failed")
+            images += summary.images
+        rate = images / (time.perf_counter() - started)
+        return rate, worker_peak_rss_mib(server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=default_folder())
+    parser.add_argument("--rounds", type=int, default=2, help="passes over the image folder per measurement")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight against the service")
+    parser.add_argument("--cpus", type=float, default=0.5)
+    parser.add_argument("--port", type=int, default=5098)
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)  # the raw child process
+    args = parser.parse_args()
+    if args.raw:
+        print(json.dumps({"images_per_s": raw_pipeline(args.images, args.rounds)}))
+        return
+    with cpu_limit(args.cpus) as limit:
+        print(f"machine: {os.cpu_count()} cores; limit: {limit.description}; images: {args.images}; "
+              f"rounds: {args.rounds}; client concurrency: {args.concurrency}")
+        raw_out = subprocess.run(
+            [sys.executable, __file__, "--raw", "--images", str(args.images), "--rounds", str(args.rounds)],
+            preexec_fn=limit.join, check=True, capture_output=True, text=True,  # noqa: PLW1509
+        ).stdout
+        raw_rate = json.loads(raw_out)["images_per_s"]
+        print(f"raw pipeline:     {raw_rate:6.2f} images/s")
+        service_rate, rss_mib = service(args.images, args.rounds, args.concurrency, args.port, limit.join)
+    print(f"service over HTTP: {service_rate:6.2f} images/s")
+    print(f"ratio service/raw: {service_rate / raw_rate:6.3f}  (target >= 0.95)")
+    print(f"worker peak RSS:   {rss_mib:6.1f} MiB  (target < 200)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Helpers the tests share: request bodies and real servers on loopback ports."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+SERVER_START_TIMEOUT_S = 60.0
+
+
+def request_body(path: Path, request_id: str | None = None) -> dict[str, str]:
+    return {"id": request_id or str(uuid.uuid4()), "image": base64.b64encode(path.read_bytes()).decode()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready within {timeout_s} s")
+
+
+@contextmanager
+def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+    """``clouddetect serve`` in a process of its own on a free loopback port, stopped with SIGTERM."""
+    port = free_port()
+    log_path = tmp_path / f"server-{port}.log"
+    command = [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                   env={**os.environ, **(env or {})})
+    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    try:
+        wait_ready(server.url, process)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,149 @@
+"""The HTTP contract through Flask's test client, with the real detector behind it."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+from flask.testing import FlaskClient
+from support import request_body
+
+from clouddetect.api import create_app
+from clouddetect.codec import decode_image
+from clouddetect.contract import ENDPOINT, response_body, response_problem
+from clouddetect.detector import Detector
+
+
+def post(client: FlaskClient, payload: object, **kwargs):
+    return client.post(ENDPOINT, data=json.dumps(payload), content_type="application/json", **kwargs)
+
+
+def assert_error(response, status: int, code: str, request_id: str | None = None) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"] and "Traceback" not in response.get_data(as_text=True)
+    assert body.get("id") == request_id
+
+
+def test_detection_answer_keeps_the_contract(client, images) -> None:
+    payload = request_body(images[1], "3f6c2a1e-0000-4000-8000-000000000001")
+    response = post(client, payload)
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    body = response.get_json()
+    assert response_problem(body, payload["id"]) is None
+    assert body["objects"], "this image shows a person, an elephant and a horse"
+    first = body["objects"][0]
+    assert set(first) == {"label", "accuracy", "rectangle"}
+    assert isinstance(first["accuracy"], float) and isinstance(first["rectangle"]["left"], int)
+
+
+def test_answer_is_the_detectors_finding(client, detector, images) -> None:
+    payload = request_body(images[2])
+    expected = response_body(payload["id"], detector.detect(decode_image(images[2].read_bytes())))
+    assert post(client, payload).get_json() == json.loads(json.dumps(expected))
+
+
+def test_data_url_prefix_is_accepted(client, images) -> None:
+    payload = request_body(images[0])
+    payload["image"] = "data:image/jpeg;base64," + payload["image"]
+    assert post(client, payload).status_code == 200
+
+
+def test_png_with_nothing_in_it_gives_empty_objects(client) -> None:
+    ok, png = cv2.imencode(".png", np.full((120, 160, 3), 255, dtype=np.uint8))
+    response = post(client, {"id": "blank", "image": base64.b64encode(png.tobytes()).decode()})
+    assert response.status_code == 200
+    assert response.get_json() == {"id": "blank", "objects": []}
+
+
+def test_malformed_json_is_400(client) -> None:
+    assert_error(client.post(ENDPOINT, data="{not json", content_type="application/json"), 400, "malformed_json")
+
+
+@pytest.mark.parametrize("payload", [[1, 2], "text", None, 42])
+def test_body_that_is_not_an_object_is_400(client, payload) -> None:
+    assert_error(post(client, payload), 400, "invalid_field")
+
+
+@pytest.mark.parametrize("payload", [{"image": "YWJj"}, {"id": 7, "image": "YWJj"}, {"id": None, "image": "YWJj"}])
+def test_missing_or_non_string_id_is_400(client, payload) -> None:
+    assert_error(post(client, payload), 400, "invalid_field")
+
+
+@pytest.mark.parametrize("payload", [{"id": "r1"}, {"id": "r1", "image": 12}, {"id": "r1", "image": {"b64": "x"}}])
+def test_missing_or_non_string_image_is_400_with_the_id(client, payload) -> None:
+    assert_error(post(client, payload), 400, "invalid_field", "r1")
+
+
+def test_bad_base64_is_400(client) -> None:
+    assert_error(post(client, {"id": "r2", "image": "this is not base64!"}), 400, "invalid_base64", "r2")
+
+
+def test_bytes_that_are_not_an_image_are_400(client) -> None:
+    text = base64.b64encode(b"just some text").decode()
+    assert_error(post(client, {"id": "r3", "image": text}), 400, "not_an_image", "r3")
+
+
+def test_truncated_image_is_400(client, images) -> None:
+    data = images[3].read_bytes()
+    truncated = base64.b64encode(data[: len(data) // 2]).decode()
+    assert_error(post(client, {"id": "r4", "image": truncated}), 400, "not_an_image", "r4")
+
+
+def test_oversized_body_is_413(settings, detector, images) -> None:
+    small = create_app(dataclasses.replace(settings, max_body_bytes=10_000), detector).test_client()
+    assert_error(post(small, request_body(images[0])), 413, "body_too_large")
+
+
+def test_wrong_method_is_405(client) -> None:
+    response = client.get(ENDPOINT)
+    assert_error(response, 405, "method_not_allowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_wrong_content_type_is_415(client, images) -> None:
+    response = client.post(ENDPOINT, data=json.dumps(request_body(images[0])), content_type="text/plain")
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_unknown_path_is_json_404(client) -> None:
+    assert_error(client.get("/no/such/page"), 404, "not_found")
+
+
+def test_service_answers_after_bad_requests(client, images) -> None:
+    post(client, {"id": "x", "image": "%%%"})
+    client.post(ENDPOINT, data=b"\xff\xfe", content_type="application/json")
+    assert post(client, request_body(images[0])).status_code == 200
+
+
+def test_healthz_is_alive(client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json()["status"] == "alive"
+
+
+def test_not_ready_until_warmed_up(settings, model_files, images) -> None:
+    cold = Detector(model_files, settings)
+    client = create_app(settings, cold).test_client()
+    assert client.get("/readyz").status_code == 503
+    refused = post(client, request_body(images[0], "early"))
+    assert_error(refused, 503, "not_ready")
+    assert refused.headers["Retry-After"] == str(settings.retry_after_s)
+    cold.warm_up()
+    assert client.get("/readyz").status_code == 200
+    assert post(client, request_body(images[0])).status_code == 200
+
+
+def test_metrics_count_requests_by_status_and_time_them(client, images) -> None:
+    post(client, request_body(images[0]))
+    post(client, {"id": "bad", "image": "%%%"})
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'clouddetect_requests_total{status="200"} 1.0' in text
+    assert 'clouddetect_requests_total{status="400"} 1.0' in text
+    assert "clouddetect_request_duration_seconds_count 2.0" in text
+    assert "clouddetect_inference_duration_seconds_count 1.0" in text
+    assert "clouddetect_requests_in_flight 0.0" in text

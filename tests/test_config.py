@@ -1,0 +1,34 @@
+from pathlib import Path
+
+import pytest
+
+from clouddetect.config import Settings
+
+
+def test_defaults_suit_a_half_cpu_pod() -> None:
+    settings = Settings.load(environ={})
+    assert (settings.port, settings.workers, settings.inference_threads, settings.winograd) == (5000, 1, 1, False)
+    assert settings.max_waiting_requests >= 64
+
+
+def test_environment_overrides_defaults() -> None:
+    env = {"CLOUDDETECT_PORT": "6000", "CLOUDDETECT_WINOGRAD": "true", "CLOUDDETECT_MODEL_DIR": "/models",
+           "CLOUDDETECT_CONFIDENCE_THRESHOLD": "0.25"}
+    settings = Settings.load(environ=env)
+    assert (settings.port, settings.winograd, settings.model_dir) == (6000, True, Path("/models"))
+    assert settings.confidence_threshold == 0.25
+
+
+def test_flags_override_environment() -> None:
+    settings = Settings.load(environ={"CLOUDDETECT_PORT": "6000"}, port=7000, threads=None)
+    assert settings.port == 7000 and settings.threads == Settings().threads
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [({"CLOUDDETECT_PORT": "http"}, "CLOUDDETECT_PORT"), ({"CLOUDDETECT_PORT": "80"}, "above 1024"),
+     ({"CLOUDDETECT_WINOGRAD": "maybe"}, "true or false"), ({"CLOUDDETECT_THREADS": "0"}, "threads")],
+)
+def test_bad_values_are_refused_with_their_name(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        Settings.load(environ=env)
