@@ -58,7 +58,8 @@ class Service:
 
 
 def create_app(settings: Settings, detector: Detector, metrics: Metrics | None = None) -> Flask:
-    app = Flask(__name__)
+    # The try-it page's files ship in the package and are served read-only (GET and HEAD) under /web/.
+    app = Flask(__name__, static_folder="web", static_url_path="/web")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # answers keep the contract's field order: id first
     app.extensions["clouddetect"] = Service(
@@ -146,6 +147,21 @@ def readyz() -> tuple[Response, int]:
 def metrics() -> Response:
     payload, content_type = _service().metrics.render()
     return Response(payload, content_type=content_type)
+
+
+# The page may load only its own files and talk only to this service: nothing is fetched from elsewhere.
+PAGE_CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@bp.get("/")
+def page() -> Response:
+    """A page to try the detector: it calls the API like any other client, so it adds no way in of its own."""
+    response = current_app.send_static_file("index.html")
+    response.headers["Content-Security-Policy"] = PAGE_CONTENT_SECURITY_POLICY
+    return response
 
 
 def _error_response(status: int, code: str, message: str, request_id: str | None = None) -> Response:
