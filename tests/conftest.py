@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from support import LiveServer, free_port, live_server, request_body  # noqa: F401 - re-exported for tests
 
 from clouddetect.api import create_app
 from clouddetect.config import Settings
 from clouddetect.detector import Detector
 from clouddetect.images import image_files
 from clouddetect.model_store import ModelFiles, locate
+from support import LiveServer, free_port, live_server, request_body  # noqa: F401 - re-exported for tests
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = Path(os.environ.get("CLOUDDETECT_IMAGES", ROOT.parent / "shared" / "datasets" / "inputfolder"))

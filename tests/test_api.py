@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
-from support import request_body
 
 from clouddetect.api import create_app
 from clouddetect.codec import decode_image
 from clouddetect.contract import ENDPOINT, response_body, response_problem
 from clouddetect.detector import Detector
+from support import request_body
 
 
 def post(client: FlaskClient, payload: object, **kwargs):

@@ -1,0 +1,58 @@
+"""The ``clouddetect`` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clouddetect.codec import decode_image
+from clouddetect.contract import response_body
+
+
+def clouddetect(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "clouddetect", *args], capture_output=True, text=True,
+                          timeout=timeout_s)
+
+
+def test_detect_prints_the_api_answer_per_image(detector, images) -> None:
+    result = clouddetect("detect", str(images[1]), str(images[2]))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    for path, line in zip(images[1:3], lines, strict=True):
+        expected = response_body(str(path), detector.detect(decode_image(path.read_bytes())))
+        assert line == json.loads(json.dumps(expected))
+
+
+def test_detect_reports_a_file_that_is_not_an_image(tmp_path: Path) -> None:
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture")
+    result = clouddetect("detect", str(text))
+    assert result.returncode == 1 and "does not decode as an image" in result.stderr
+
+
+def test_model_fetch_from_a_folder(tmp_path: Path, model_files) -> None:
+    result = clouddetect("model", "fetch", "--from", str(model_files.cfg.parent), "--model-dir", str(tmp_path / "m"))
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+
+
+def test_bad_setting_is_a_usage_error() -> None:
+    result = clouddetect("serve", "--port", "80")
+    assert result.returncode == 2 and "above 1024" in result.stderr
+
+
+@pytest.mark.slow
+def test_client_sends_a_folder_and_summarises(server, images, tmp_path: Path) -> None:
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in images[:6]:
+        (folder / path.name).symlink_to(path)
+    result = clouddetect("client", server.url, str(folder), "--concurrency", "3")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == 6 and all("objects" in a for a in answers)
+    assert "6 images, 6 ok, 0 failed" in result.stderr
