@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_FAST := -m "not slow and not docker and not cluster and not browser"
+IMAGE ?= clouddetect:latest
 
-.PHONY: setup run test test-fast bench lint clean
+.PHONY: setup run test test-fast bench image lint clean
 
 setup: $(INSTALLED)
 	$(BIN)/clouddetect model fetch
@@ -27,6 +28,12 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
+
+# The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
+image:
+	scripts/docker-engine
+	scripts/base-image
+	docker build -t $(IMAGE) .
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
