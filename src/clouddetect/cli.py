@@ -16,6 +16,7 @@ from clouddetect.codec import decode_image
 from clouddetect.config import ENV_PREFIX, Settings
 from clouddetect.contract import response_body
 from clouddetect.errors import ClientError
+from clouddetect.lab.cli import lab
 from clouddetect.model_store import ModelError, fetch, locate
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
@@ -132,3 +133,6 @@ def client(url: str, folder: Path, concurrency: int, timeout_s: float) -> None:
         err=True,
     )
     sys.exit(1 if summary.failed else 0)
+
+
+main.add_command(lab)

@@ -1,0 +1,124 @@
+"""``clouddetect lab run | report``: the capacity experiment as one command, and its report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clouddetect.images import default_folder, image_files
+from clouddetect.lab.experiment import Plan, Runner
+from clouddetect.lab.load import LoadError, LoadSettings
+from clouddetect.lab.platform import FixedUrl, Kubernetes, Platform, PlatformError
+from clouddetect.lab.results import Experiment, ExperimentError
+from clouddetect.lab.search import SearchSettings
+
+CLIENT_LOCATIONS = ("master", "remote")
+DEFAULT_PODS = [1, 2, 4, 8]
+HTTP_TIMEOUT_S = 10.0
+
+
+def _pod_counts(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        counts = [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of pod counts") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("pod counts must be at least 1")
+    return counts
+
+
+@click.group()
+def lab() -> None:
+    """Capacity experiments: how many users each pod count carries without a failed request."""
+
+
+@lab.command("run")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Experiment directory; an existing one resumes, skipping recorded runs. "
+                   "[default: results/lab-<UTC time>]")
+@click.option("--url", help="Measure this fixed endpoint (one server, a container, ...) instead of scaling pods.")
+@click.option("--pods", callback=_pod_counts,
+              help="Pod counts to measure, comma-separated [default: 1,2,4,8; with --url: 1, as a label].")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Runs per pod count.")
+@click.option("--client-location", type=click.Choice(CLIENT_LOCATIONS), default="master", show_default=True,
+              help="Where this load generator runs; a label that keeps both sets apart in one report.")
+@click.option("--timeout-s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="An answer slower than this is a failed request.")
+@click.option("--spawn-rate", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Users started per second while searching for the breaking point.")
+@click.option("--confirm-spawn-rate", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Users started per second when confirming a user count.")
+@click.option("--hold-s", default=60.0, show_default=True, type=click.FloatRange(min=0),
+              help="Time a confirmed user count must run without a failure.")
+@click.option("--max-users", default=3000, show_default=True, type=click.IntRange(min=1),
+              help="Where the search stops if nothing has failed yet.")
+@click.option("--step-down-pct", default=10.0, show_default=True, type=click.FloatRange(min=0, max=100, min_open=True),
+              help="Share of users dropped after a failed confirmation.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images to send [default: $CLOUDDETECT_IMAGES or ../shared/datasets/inputfolder].")
+@click.option("--image-order", type=click.Choice(("sequence", "random")), default="sequence", show_default=True)
+@click.option("--locust-processes", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Locust worker processes under one master (0: a single process).")
+@click.option("--progress-interval-s", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Time between progress lines.")
+@click.option("--drain-timeout-s", default=180.0, show_default=True, type=click.FloatRange(min=0),
+              help="Time the service gets to finish queued requests before a step.")
+@click.option("--ready-timeout-s", default=600.0, show_default=True, type=click.FloatRange(min=0),
+              help="Time allowed for the pods to become ready after scaling.")
+@click.option("--poll-interval-s", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Time between readiness and drain checks.")
+@click.option("--namespace", default="default", show_default=True, help="Kubernetes namespace of the service.")
+@click.option("--deployment", default="clouddetect", show_default=True, help="Deployment to scale.")
+@click.option("--service", default="clouddetect", show_default=True, help="Service whose NodePort gets the load.")
+@click.option("--service-url", help="URL the load goes to on Kubernetes [default: the Service's NodePort on a node].")
+@click.option("--pod-port", default=5000, show_default=True, type=int, help="Pods' port serving /metrics.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="[default: as kubectl finds it]")
+@click.option("--context", "kube_context", help="kubeconfig context [default: the current one].")
+def run(**options: Any) -> None:
+    """Find, for each pod count, the most users served with no failed request, R times; results go to --out."""
+    pods = options["pods"] or ([1] if options["url"] else DEFAULT_PODS)
+    if options["url"] and len(pods) != 1:
+        raise click.BadParameter("a fixed --url cannot be scaled: give one pod count as its label", param_hint="--pods")
+    images = options["images"] or default_folder()
+    try:
+        image_count = len(image_files(images))
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    search = SearchSettings(options["spawn_rate"], options["confirm_spawn_rate"], options["hold_s"],
+                            options["max_users"], options["step_down_pct"])
+    load = LoadSettings(options["timeout_s"], images.resolve(), options["image_order"], options["locust_processes"],
+                        options["progress_interval_s"])
+    out_dir = options["out_dir"] or Path("results") / datetime.now(UTC).strftime("lab-%Y%m%d-%H%M%S")
+    conditions = {
+        "platform": "url" if options["url"] else f"kubernetes {options['namespace']}/{options['deployment']}",
+        "timeout_s": load.timeout_s, "spawn_rate": search.spawn_rate, "confirm_spawn_rate": search.confirm_spawn_rate,
+        "hold_s": search.hold_s, "max_users": search.max_users, "step_down_pct": search.step_down_pct,
+        "image_order": load.image_order, "image_count": image_count,
+    }
+    plan = Plan(pods, options["repeats"], options["client_location"], options["drain_timeout_s"],
+                options["poll_interval_s"])
+    try:
+        experiment = Experiment.open(out_dir, conditions)
+        click.echo(f"experiment {out_dir}: {len(experiment.runs)} runs already recorded")
+        Runner(_platform(options, pods[0]), experiment, plan, search, load, click.echo).run()
+    except (ExperimentError, PlatformError, LoadError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted; finished runs are kept in {out_dir}; run again with --out {out_dir} to resume",
+                   err=True)
+        raise SystemExit(130) from None
+    click.echo(f"done: {out_dir}; `clouddetect lab report {out_dir}` writes the report")
+
+
+def _platform(options: dict[str, Any], pods: int) -> Platform:
+    if options["url"]:
+        return FixedUrl(options["url"], pods, options["ready_timeout_s"], options["poll_interval_s"], HTTP_TIMEOUT_S)
+    return Kubernetes(
+        options["namespace"], options["deployment"], options["service"], options["service_url"], options["pod_port"],
+        options["ready_timeout_s"], options["poll_interval_s"], options["kubeconfig"], options["kube_context"],
+    )

@@ -1,0 +1,109 @@
+"""One load step: Locust, headless, in a process of its own, driven by the lab's load shape.
+
+Locust monkey-patches the process that imports it, so the lab never imports it: it starts
+``python -m locust -f locustfile.py,shape.py --headless ...`` and reads back the outcome file the shape writes.
+Locust's output goes to a log file beside its CSVs; progress lines and Locust's warnings are echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import clouddetect.lab
+import clouddetect.loadtest
+
+LOCUSTFILE = Path(clouddetect.loadtest.__file__).with_name("locustfile.py")
+SHAPE_FILE = Path(clouddetect.lab.__file__).with_name("shape.py")
+# Lines the load shape prints for the lab to echo.
+PROGRESS_PREFIX = "progress:"
+ECHOED_LOG_LEVELS = ("/WARNING/", "/ERROR/", "/CRITICAL/")
+LOCUST_EXIT_TIMEOUT_S = 60.0
+
+
+class LoadError(RuntimeError):
+    """A Locust run ended without an outcome."""
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How requests are generated; the same for every step of an experiment."""
+
+    timeout_s: float
+    images: Path
+    image_order: str
+    locust_processes: int
+    progress_interval_s: float
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    users: int
+    first_failure_users: int | None
+    peak_users: int
+    held_s: float | None
+    requests: int
+    failures: int
+    failure_kinds: dict[str, int]
+    avg_ms: float | None
+    median_ms: float | None
+    p95_ms: float | None
+    rps: float
+
+    @property
+    def passed(self) -> bool:
+        return self.first_failure_users is None and self.failures == 0 and self.held_s is not None
+
+
+def locust_command(url: str, users: int, spawn_rate: float, hold_s: float, load: LoadSettings,
+                   prefix: Path) -> list[str]:
+    command = [
+        sys.executable, "-m", "locust", "-f", f"{LOCUSTFILE},{SHAPE_FILE}", "--headless", "--host", url,
+        "--csv", str(prefix), "--csv-full-history", "--only-summary", "--exit-code-on-error", "0",
+        "--images", str(load.images), "--image-order", load.image_order,
+        "--request-timeout-s", str(load.timeout_s),
+        "--lab-users", str(users), "--lab-spawn-rate", str(spawn_rate), "--lab-hold-s", str(hold_s),
+        "--lab-outcome", str(outcome_path(prefix)), "--lab-progress-interval-s", str(load.progress_interval_s),
+    ]
+    if load.locust_processes:
+        command += ["--processes", str(load.locust_processes)]
+    return command
+
+
+def outcome_path(prefix: Path) -> Path:
+    return prefix.with_name(prefix.name + "_outcome.json")
+
+
+def run_step(url: str, users: int, spawn_rate: float, hold_s: float, load: LoadSettings, prefix: Path,
+             echo: Callable[[str], None]) -> StepOutcome:
+    """Ramp to ``users`` and hold them ``hold_s``, stopping at the first failure; raw files start with ``prefix``."""
+    outcome_file = outcome_path(prefix)
+    outcome_file.unlink(missing_ok=True)
+    log_path = prefix.with_name(prefix.name + ".log")
+    command = locust_command(url, users, spawn_rate, hold_s, load, prefix)
+    with log_path.open("w") as log, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        try:
+            _relay(process, log, echo)
+        finally:
+            # Ctrl-C reaches Locust too; let it write its files before the lab goes on or gives up.
+            code = process.wait(timeout=LOCUST_EXIT_TIMEOUT_S)
+    if not outcome_file.exists():
+        raise LoadError(f"Locust exited with {code} without an outcome; see {log_path}")
+    return StepOutcome(users=users, **json.loads(outcome_file.read_text()))
+
+
+def _relay(process: subprocess.Popen[str], log: Any, echo: Callable[[str], None]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        log.write(line)
+        if line.startswith(PROGRESS_PREFIX):
+            echo(line[len(PROGRESS_PREFIX):].strip())
+        elif any(level in line for level in ECHOED_LOG_LEVELS):
+            echo(line.strip())

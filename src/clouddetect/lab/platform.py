@@ -1,0 +1,204 @@
+"""Where the service under test runs: a Kubernetes Deployment the lab scales, or one fixed URL.
+
+Both answer the same small protocol, so the experiment runner does not care which it drives. Per-pod figures come
+from each pod's Prometheus ``/metrics``: requests answered (by status) and requests in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+REQUESTS_SAMPLE = "clouddetect_requests_total"
+IN_FLIGHT_SAMPLE = "clouddetect_requests_in_flight"
+
+T = TypeVar("T")
+
+
+class PlatformError(RuntimeError):
+    """The service cannot be scaled, reached or read."""
+
+
+@dataclass(frozen=True)
+class PodMetrics:
+    requests_by_status: dict[str, int]
+    in_flight: int
+
+    @property
+    def requests(self) -> int:
+        return sum(self.requests_by_status.values())
+
+
+class Platform(Protocol):
+    def scale(self, pods: int) -> None:
+        """Ask for this many pods."""
+
+    def wait_ready(self, pods: int) -> list[str]:
+        """Block until exactly this many pods are ready and no others remain; returns their names."""
+
+    def pods(self) -> list[str]:
+        """Names of the pods serving now."""
+
+    def endpoint(self) -> str:
+        """Base URL the load generator sends requests to."""
+
+    def pod_metrics(self) -> dict[str, PodMetrics]:
+        """Each serving pod's counters, by pod name."""
+
+
+def parse_metrics(text: str) -> PodMetrics:
+    by_status: dict[str, int] = {}
+    in_flight = 0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == REQUESTS_SAMPLE:
+                by_status[sample.labels["status"]] = int(sample.value)
+            elif sample.name == IN_FLIGHT_SAMPLE:
+                in_flight = int(sample.value)
+    return PodMetrics(by_status, in_flight)
+
+
+def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float, waiting_for: str) -> T:
+    """The first non-None answer of ``check``, asked every ``interval_s`` until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = check()
+        if answer is not None:
+            return answer
+        if time.monotonic() >= deadline:
+            raise PlatformError(f"timed out after {timeout_s:g} s waiting for {waiting_for}")
+        time.sleep(interval_s)
+
+
+class FixedUrl:
+    """One endpoint that is measured as it is (a local server, a container, a Service): it cannot be scaled.
+
+    Its pod count is a label given by the caller. ``/metrics`` and ``/healthz`` are read through the same URL, so
+    per-instance figures are exact only when one instance answers there.
+    """
+
+    def __init__(self, url: str, pods: int, ready_timeout_s: float, poll_interval_s: float, http_timeout_s: float):
+        self.url = url.rstrip("/")
+        self.replicas = pods
+        self.ready_timeout_s = ready_timeout_s
+        self.poll_interval_s = poll_interval_s
+        self.http_timeout_s = http_timeout_s
+
+    def scale(self, pods: int) -> None:
+        if pods != self.replicas:
+            raise PlatformError(f"{self.url} is a fixed endpoint labelled {self.replicas} pods; it cannot run {pods}")
+
+    def wait_ready(self, pods: int) -> list[str]:
+        self.scale(pods)
+        return poll(self._ready_instance, self.ready_timeout_s, self.poll_interval_s, f"{self.url}/readyz")
+
+    def _ready_instance(self) -> list[str] | None:
+        try:
+            response = requests.get(self.url + "/readyz", timeout=self.http_timeout_s)
+        except requests.RequestException:
+            return None
+        return [response.json()["instance"]] if response.status_code == 200 else None
+
+    def pods(self) -> list[str]:
+        return [self._get("/healthz").json()["instance"]]
+
+    def endpoint(self) -> str:
+        return self.url
+
+    def pod_metrics(self) -> dict[str, PodMetrics]:
+        return {self.pods()[0]: parse_metrics(self._get("/metrics").text)}
+
+    def _get(self, path: str) -> requests.Response:
+        try:
+            response = requests.get(self.url + path, timeout=self.http_timeout_s)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise PlatformError(f"cannot read {self.url}{path}: {exc}") from None
+        return response
+
+
+def is_serving(pod: Any) -> bool:
+    """Ready and not terminating: the Service sends it requests."""
+    conditions = pod.status.conditions or []
+    ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+    return ready and pod.metadata.deletion_timestamp is None
+
+
+def ready_pod_names(pods: Iterable[Any], wanted: int) -> list[str] | None:
+    """The names when exactly ``wanted`` pods exist, all serving (old ones gone); otherwise None."""
+    pods = list(pods)
+    if len(pods) != wanted or not all(is_serving(p) for p in pods):
+        return None
+    return sorted(p.metadata.name for p in pods)
+
+
+class Kubernetes:
+    """A Deployment scaled through the API server, with kubeconfig found as kubectl finds it.
+
+    Pods' ``/metrics`` are read through the API server's pod proxy, so the lab needs no route to the pod network.
+    The load goes to ``service_url``, or else to the Service's NodePort on the first node's internal address.
+    """
+
+    def __init__(
+        self, namespace: str, deployment: str, service: str, service_url: str | None, pod_port: int,
+        ready_timeout_s: float, poll_interval_s: float, kubeconfig: str | None = None, context: str | None = None,
+    ):
+        from kubernetes import client, config  # only the Kubernetes platform needs the client
+
+        try:
+            config.load_kube_config(config_file=kubeconfig, context=context)
+        except (config.ConfigException, OSError) as exc:
+            raise PlatformError(f"no usable kubeconfig: {exc}") from None
+        self.apps = client.AppsV1Api()
+        self.core = client.CoreV1Api()
+        self.namespace = namespace
+        self.deployment = deployment
+        self.service = service
+        self.service_url = service_url
+        self.pod_port = pod_port
+        self.ready_timeout_s = ready_timeout_s
+        self.poll_interval_s = poll_interval_s
+
+    def _selector(self) -> str:
+        spec = self.apps.read_namespaced_deployment(self.deployment, self.namespace).spec
+        return ",".join(f"{key}={value}" for key, value in sorted(spec.selector.match_labels.items()))
+
+    def _listed_pods(self) -> list[Any]:
+        return self.core.list_namespaced_pod(self.namespace, label_selector=self._selector()).items
+
+    def scale(self, pods: int) -> None:
+        self.apps.patch_namespaced_deployment_scale(self.deployment, self.namespace, {"spec": {"replicas": pods}})
+
+    def wait_ready(self, pods: int) -> list[str]:
+        return poll(lambda: ready_pod_names(self._listed_pods(), pods), self.ready_timeout_s, self.poll_interval_s,
+                    f"exactly {pods} ready pods of deployment {self.namespace}/{self.deployment}")
+
+    def pods(self) -> list[str]:
+        return sorted(p.metadata.name for p in self._listed_pods() if is_serving(p))
+
+    def endpoint(self) -> str:
+        if self.service_url:
+            return self.service_url.rstrip("/")
+        service = self.core.read_namespaced_service(self.service, self.namespace)
+        node_ports = [p.node_port for p in service.spec.ports or [] if p.node_port]
+        if not node_ports:
+            raise PlatformError(f"service {self.namespace}/{self.service} has no NodePort; pass --service-url")
+        for node in self.core.list_node().items:
+            for address in node.status.addresses or []:
+                if address.type == "InternalIP":
+                    return f"http://{address.address}:{node_ports[0]}"
+        raise PlatformError("no node has an InternalIP; pass --service-url")
+
+    def pod_metrics(self) -> dict[str, PodMetrics]:
+        metrics = {}
+        for name in self.pods():
+            response = self.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{name}:{self.pod_port}", self.namespace, "metrics", _preload_content=False
+            )
+            metrics[name] = parse_metrics(response.data.decode())
+        return metrics

@@ -1,0 +1,127 @@
+"""An experiment directory: its conditions, one record per finished run (JSON and a tidy CSV), and raw Locust files.
+
+Every run is written as soon as it finishes, so an interrupted experiment keeps what it measured and resumes:
+``lab run`` on the same directory skips the runs already recorded. Runs measured under other conditions (timeout,
+hold time, ...) cannot be mixed into one directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+CONDITIONS_FILE = "experiment.json"
+RUNS_JSON = "runs.json"
+RUNS_CSV = "runs.csv"
+RAW_DIR = "raw"
+
+
+class ExperimentError(RuntimeError):
+    """The directory holds another experiment, or no experiment at all."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One repeat of one configuration: its capacity and the figures of the load it was confirmed at."""
+
+    client_location: str
+    pods: int
+    repeat: int
+    endpoint: str
+    pod_names: list[str]
+    started_at: str
+    finished_at: str
+    breaking_users: int | None
+    breaking_failure_kinds: dict[str, int]
+    confirmed_users_tried: list[int]
+    max_users: int
+    avg_ms: float | None
+    median_ms: float | None
+    p95_ms: float | None
+    rps: float | None
+    requests: int
+    failures: int
+    failure_kinds: dict[str, int]
+    pod_requests: dict[str, int]
+    timeout_s: float
+    hold_s: float
+    spawn_rate: float
+    confirm_spawn_rate: float
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return run_key(self.client_location, self.pods, self.repeat)
+
+
+def run_key(client_location: str, pods: int, repeat: int) -> tuple[str, int, int]:
+    return client_location, pods, repeat
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, dict | list) else value
+
+
+class Experiment:
+    def __init__(self, directory: Path, conditions: dict[str, Any], runs: list[RunRecord]):
+        self.directory = directory
+        self.conditions = conditions
+        self.runs = runs
+
+    @classmethod
+    def open(cls, directory: Path, conditions: dict[str, Any]) -> Experiment:
+        """The experiment in ``directory``, created if new; refused if it was measured under other conditions."""
+        conditions_file = directory / CONDITIONS_FILE
+        if conditions_file.exists():
+            recorded = json.loads(conditions_file.read_text())
+            differing = {k: (recorded.get(k), v) for k, v in conditions.items() if recorded.get(k) != v}
+            if differing:
+                described = ", ".join(f"{k}: recorded {old!r}, asked {new!r}" for k, (old, new) in differing.items())
+                raise ExperimentError(f"{directory} holds an experiment under other conditions ({described}); "
+                                      "use another directory")
+            return cls.load(directory)
+        (directory / RAW_DIR).mkdir(parents=True, exist_ok=True)
+        _write_atomically(conditions_file, json.dumps(conditions, indent=2) + "\n")
+        return cls(directory, conditions, [])
+
+    @classmethod
+    def load(cls, directory: Path) -> Experiment:
+        conditions_file = directory / CONDITIONS_FILE
+        if not conditions_file.exists():
+            raise ExperimentError(f"{directory} holds no experiment ({CONDITIONS_FILE} is missing)")
+        runs_file = directory / RUNS_JSON
+        runs = [RunRecord(**r) for r in json.loads(runs_file.read_text())] if runs_file.exists() else []
+        return cls(directory, json.loads(conditions_file.read_text()), runs)
+
+    def done(self, key: tuple[str, int, int]) -> bool:
+        return any(r.key == key for r in self.runs)
+
+    def raw_dir(self, key: tuple[str, int, int]) -> Path:
+        location, pods, repeat = key
+        path = self.directory / RAW_DIR / f"{location}-pods-{pods}-repeat-{repeat}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add(self, record: RunRecord) -> None:
+        self.runs = sorted([r for r in self.runs if r.key != record.key] + [record], key=lambda r: r.key)
+        _write_atomically(self.directory / RUNS_JSON, json.dumps([asdict(r) for r in self.runs], indent=2) + "\n")
+        _write_atomically(self.directory / RUNS_CSV, self._csv())
+
+    def _csv(self) -> str:
+        columns = [f.name for f in fields(RunRecord)]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(columns)
+        for run in self.runs:
+            writer.writerow([_csv_value(getattr(run, c)) for c in columns])
+        return buffer.getvalue()

@@ -1,0 +1,1 @@
+"""Load generation with Locust: ``locustfile.py`` is run by Locust itself, never imported by the service."""

@@ -1,0 +1,85 @@
+"""Locust users that send the test images to ``POST /api/object_detection`` and judge every answer.
+
+Run it as any locustfile: ``locust -f src/clouddetect/loadtest/locustfile.py --host http://127.0.0.1:5000``
+(web UI), add ``--headless -u 50 -r 5 -t 2m`` for a headless run, or ``--processes 4`` (or ``--master`` and
+``--worker`` on several machines) when one load generator is not enough. The images are read and base64-encoded
+once when Locust starts, so a request costs the client only its id and a concatenation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from pathlib import Path
+
+from locust import FastHttpUser, events, task
+from locust.argument_parser import LocustArgumentParser
+from locust.env import Environment
+
+from clouddetect.contract import ENDPOINT
+from clouddetect.images import IMAGES_ENV, default_folder, encode_file, image_files
+from clouddetect.loadtest.checks import failure_kind
+
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+JSON_HEADERS = {"Content-Type": "application/json"}
+IMAGE_ORDERS = ("sequence", "random")
+
+# The JSON text of each image's "image" member, built once at start-up.
+_encoded_images: list[bytes] = []
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: LocustArgumentParser) -> None:
+    parser.add_argument("--images", type=Path, default=default_folder(), env_var=IMAGES_ENV,
+                        help="Folder of image files to send (default: $CLOUDDETECT_IMAGES or the test images).")
+    parser.add_argument("--image-order", choices=IMAGE_ORDERS, default="sequence",
+                        help="Each user sends the images in folder order, or picks one at random per request.")
+    parser.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help="An answer slower than this counts as a failure.")
+    parser.add_argument("--wait-s", type=float, default=0.0, help="Think time of a user between two requests.")
+
+
+@events.init.add_listener
+def _prepare(environment: Environment, **_kwargs: object) -> None:
+    options = environment.parsed_options
+    files = image_files(options.images)
+    _encoded_images[:] = [json.dumps(encode_file(path)).encode("ascii") for path in files]
+    DetectionUser.network_timeout = DetectionUser.connection_timeout = options.request_timeout_s
+
+
+def request_body(request_id: str, encoded_image: bytes) -> bytes:
+    return b'{"id": ' + json.dumps(request_id).encode("ascii") + b', "image": ' + encoded_image + b"}"
+
+
+class DetectionUser(FastHttpUser):
+    """One client sending images back to back (no think time unless ``--wait-s``)."""
+
+    def wait_time(self) -> float:
+        return self.environment.parsed_options.wait_s
+
+    def on_start(self) -> None:
+        self.next_image = 0
+
+    def pick_image(self) -> bytes:
+        if self.environment.parsed_options.image_order == "random":
+            return random.choice(_encoded_images)
+        image = _encoded_images[self.next_image]
+        self.next_image = (self.next_image + 1) % len(_encoded_images)
+        return image
+
+    @task
+    def detect(self) -> None:
+        request_id = str(uuid.uuid4())
+        timeout_s = self.environment.parsed_options.request_timeout_s
+        with self.client.post(ENDPOINT, data=request_body(request_id, self.pick_image()), headers=JSON_HEADERS,
+                              catch_response=True) as response:
+            elapsed_s = response.request_meta["response_time"] / 1000
+            # Status 0: no answer at all, and the error says why; other statuses carry a body to judge.
+            error = getattr(response, "error", None) if response.status_code == 0 else None
+            text = None if error else response.text
+            kind = failure_kind(response.status_code, text, request_id, elapsed_s, timeout_s, error)
+            if kind is None:
+                response.success()
+            else:
+                response.failure(kind)
