@@ -122,3 +122,19 @@ def _platform(options: dict[str, Any], pods: int) -> Platform:
         options["namespace"], options["deployment"], options["service"], options["service_url"], options["pod_port"],
         options["ready_timeout_s"], options["poll_interval_s"], options["kubeconfig"], options["kube_context"],
     )
+
+
+@lab.command("report")
+@click.argument("experiments", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where report.md, report.html and the plots go [default: FIRST_EXPERIMENT/report].")
+def report(experiments: tuple[Path, ...], out_dir: Path | None) -> None:
+    """Write the capacity report of one or more experiment directories (e.g. one per client location)."""
+    from clouddetect.lab import report as report_module  # matplotlib is only needed here
+
+    try:
+        written = report_module.write(experiments, out_dir or experiments[0] / "report")
+    except ExperimentError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in written:
+        click.echo(path)

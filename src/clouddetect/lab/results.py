@@ -106,9 +106,13 @@ class Experiment:
     def done(self, key: tuple[str, int, int]) -> bool:
         return any(r.key == key for r in self.runs)
 
-    def raw_dir(self, key: tuple[str, int, int]) -> Path:
+    def raw_path(self, key: tuple[str, int, int]) -> Path:
+        """Where a run's Locust files are: one file set per step (search, confirm-1, ...)."""
         location, pods, repeat = key
-        path = self.directory / RAW_DIR / f"{location}-pods-{pods}-repeat-{repeat}"
+        return self.directory / RAW_DIR / f"{location}-pods-{pods}-repeat-{repeat}"
+
+    def raw_dir(self, key: tuple[str, int, int]) -> Path:
+        path = self.raw_path(key)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
