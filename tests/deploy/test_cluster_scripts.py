@@ -1,0 +1,134 @@
+"""The shell scripts pass shellcheck, and the cluster recipe's dry runs plan what the cluster needs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "deploy" / "cluster"
+NODE_ROLE_SCRIPTS = ["node-setup", "controller-init", "worker-join", "load-image", "deploy"]
+SCRIPTS = [ROOT / "scripts" / "docker-engine", ROOT / "scripts" / "base-image", CLUSTER / "lib.sh",
+           *(CLUSTER / name for name in NODE_ROLE_SCRIPTS)]
+JOIN_ARGS = ["10.0.0.10:6443", "--token", "abcdef.0123456789abcdef", "--discovery-token-ca-cert-hash", "sha256:00"]
+
+
+def dry_run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(CLUSTER / script), *args], capture_output=True, text=True,
+                          env={**os.environ, "DRY_RUN": "1"})
+
+
+def planned(script: str, *args: str) -> str:
+    result = dry_run(script, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def commands(plan: str) -> list[str]:
+    return [line[2:] for line in plan.splitlines() if line.startswith("+ ")]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_script_passes_shellcheck_and_parses(script: Path) -> None:
+    shellcheck = Path(sys.executable).with_name("shellcheck")
+    checked = subprocess.run([str(shellcheck), "-x", str(script)], capture_output=True, text=True, cwd=script.parent)
+    assert checked.returncode == 0, checked.stdout
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_script_is_strict(script: Path) -> None:
+    text = script.read_text()
+    assert script.name == "lib.sh" or "set -euo pipefail" in text
+    assert script.name == "lib.sh" or os.access(script, os.X_OK)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if "hadolint ignore" in line:
+            assert re.search(r"ignore=\S+\s+#?\s*\w+", line), f"ignored rule without a reason: {line}"
+
+
+def test_kubeadm_kubelet_and_kubectl_are_pinned_to_one_version_and_held() -> None:
+    plan = planned("node-setup", "worker")
+    (install,) = [c for c in commands(plan) if "apt-get install" in c and "kubeadm=" in c]
+    versions = dict(re.findall(r"\b(kubelet|kubeadm|kubectl)=(\S+)", install))
+    assert versions.keys() == {"kubelet", "kubeadm", "kubectl"} and len(set(versions.values())) == 1
+    assert "apt-mark hold kubelet kubeadm kubectl" in commands(plan)
+    version = next(iter(versions.values())).split("-")[0]
+    assert f"--kubernetes-version v{version}" in planned("controller-init", "10.0.0.10")
+
+
+def test_nodes_get_containerd_with_the_systemd_cgroup_driver_and_no_swap() -> None:
+    plan = "\n".join(commands(planned("node-setup", "controller")))
+    assert "apt-get install" in plan and "containerd" in plan
+    assert "SystemdCgroup = true" in plan
+    assert "swapoff -a" in plan
+    assert "net.ipv4.ip_forward = 1" in planned("node-setup", "controller")
+
+
+def firewall_ports(role: str) -> set[str]:
+    return {m for c in commands(planned("node-setup", role)) for m in re.findall(r"-p (\w+) .*--dport (\S+)", c)}
+
+
+def test_controller_firewall_opens_the_api_server_kubelet_and_network() -> None:
+    ports = {f"{proto}/{port}" for proto, port in firewall_ports("controller")}
+    assert {"tcp/6443", "tcp/2379:2380", "tcp/10250", "udp/8472"} <= ports
+
+
+def test_worker_firewall_opens_the_service_node_port_kubelet_and_network() -> None:
+    ports = {f"{proto}/{port}" for proto, port in firewall_ports("worker")}
+    assert {"tcp/10250", "udp/8472"} <= ports
+    service = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "service.yaml").read_text())
+    node_port = service["spec"]["ports"][0]["nodePort"]
+    (node_ports,) = [p for p in ports if p.startswith("tcp/30000:")]
+    first, last = map(int, node_ports.removeprefix("tcp/").split(":"))
+    assert first <= node_port <= last
+
+
+def test_controller_init_uses_the_flannel_pod_network() -> None:
+    plan = planned("controller-init", "10.0.0.10")
+    assert "--apiserver-advertise-address 10.0.0.10" in plan
+    assert "--pod-network-cidr 10.244.0.0/16" in plan
+    assert re.search(r"apply -f https://\S+/flannel/releases/download/v[\d.]+/kube-flannel.yml", plan)
+    assert "kubeadm token create --print-join-command" in commands(plan)
+
+
+def test_worker_join_passes_the_join_arguments_and_refuses_incomplete_ones() -> None:
+    assert f"kubeadm join {' '.join(JOIN_ARGS)}" in commands(planned("worker-join", *JOIN_ARGS))
+    assert dry_run("worker-join", "10.0.0.10:6443").returncode == 2
+
+
+def test_load_image_copies_the_image_into_each_nodes_containerd() -> None:
+    plan = commands(planned("load-image", "--image", "clouddetect:v1", "ubuntu@10.0.0.11", "ubuntu@10.0.0.12"))
+    assert len(plan) == 2
+    for node, command in zip(["ubuntu@10.0.0.11", "ubuntu@10.0.0.12"], plan, strict=True):
+        assert "docker save 'clouddetect:v1'" in command and f"ssh '{node}'" in command
+        assert "ctr --namespace k8s.io images import -" in command
+    assert dry_run("load-image").returncode == 2
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 4, 8])
+def test_deploy_applies_the_overlay_of_each_replica_count(replicas: int) -> None:
+    plan = commands(planned("deploy", str(replicas)))
+    assert f"kubectl apply -k {ROOT / 'deploy' / 'k8s' / 'overlays' / f'replicas-{replicas}'}" in plan
+    assert any(c.startswith("kubectl rollout status deployment/clouddetect") for c in plan)
+
+
+def test_deploy_refuses_a_replica_count_without_an_overlay() -> None:
+    result = dry_run("deploy", "3")
+    assert result.returncode == 2
+    assert "replicas-4" in result.stderr
+
+
+def test_node_setup_refuses_an_unknown_role() -> None:
+    assert dry_run("node-setup", "master").returncode == 2

@@ -1,0 +1,149 @@
+"""The kustomize base and overlays render, validate against the official schemas and keep the mission's invariants."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clouddetect.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+OVERLAY_REPLICAS = {1, 2, 4, 8}
+CPU = "500m"
+MEMORY = "512Mi"
+NODE_PORT_RANGE = range(30000, 32768)
+CLUSTER_VERSION_PATTERN = re.compile(r"^KUBERNETES_VERSION=\$\{KUBERNETES_VERSION:-(\d+\.\d+)\.\d+\}", re.M)
+
+
+def cluster_version() -> str:
+    """The Kubernetes minor version the cluster recipe installs, e.g. ``1.34``."""
+    found = CLUSTER_VERSION_PATTERN.search((ROOT / "deploy" / "cluster" / "lib.sh").read_text())
+    assert found, "deploy/cluster/lib.sh pins no KUBERNETES_VERSION"
+    return found.group(1)
+
+
+def render(folder: Path) -> str:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl (with its built-in kustomize) is needed to render deploy/k8s"
+    return subprocess.run([kubectl, "kustomize", str(folder)], check=True, capture_output=True, text=True).stdout
+
+
+@dataclass(frozen=True)
+class Rendered:
+    folder: Path
+    path: Path
+    docs: list[Any]
+
+
+@pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    text = render(request.param)
+    path = tmp_path_factory.mktemp("rendered") / "manifests.yaml"
+    path.write_text(text)
+    return Rendered(request.param, path, [doc for doc in yaml.safe_load_all(text) if doc])
+
+
+def by_kind(docs: list[Any], kind: str) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, found {len(matches)}"
+    return matches[0]
+
+
+def container(docs: list[Any]) -> dict[str, Any]:
+    containers = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def test_base_and_one_overlay_per_replica_count_exist() -> None:
+    overlays = {p.name for p in KUSTOMIZATIONS if p.parent.name == "overlays"}
+    assert K8S / "base" in KUSTOMIZATIONS
+    assert overlays == {f"replicas-{n}" for n in OVERLAY_REPLICAS}
+
+
+@pytest.mark.parametrize("version", ["cluster", "latest"])
+def test_manifests_pass_strict_schema_validation(rendered: Rendered, version: str) -> None:
+    validator = Path(sys.executable).with_name("kubernetes-validate")
+    command = [str(validator), "--strict", "--no-warn", str(rendered.path)]
+    if version == "cluster":
+        command[1:1] = ["--kubernetes-version", f"{cluster_version()}.0"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_requests_equal_limits_at_half_a_cpu_and_512mi(rendered: Rendered) -> None:
+    resources = container(rendered.docs)["resources"]
+    assert resources["requests"] == resources["limits"] == {"cpu": CPU, "memory": MEMORY}
+
+
+def test_service_is_a_node_port_in_the_legal_range(rendered: Rendered) -> None:
+    service = by_kind(rendered.docs, "Service")
+    assert service["spec"]["type"] == "NodePort"
+    (port,) = service["spec"]["ports"]
+    assert port["nodePort"] in NODE_PORT_RANGE
+
+
+def test_selector_matches_the_pod_labels_and_the_service(rendered: Rendered) -> None:
+    deployment = by_kind(rendered.docs, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = by_kind(rendered.docs, "Service")
+    for selector in (deployment["spec"]["selector"]["matchLabels"], service["spec"]["selector"]):
+        assert selector.items() <= labels.items()
+
+
+def test_container_port_is_the_service_target_and_the_image_port(rendered: Rendered) -> None:
+    (container_port,) = container(rendered.docs)["ports"]
+    (service_port,) = by_kind(rendered.docs, "Service")["spec"]["ports"]
+    exposed = re.findall(r"^EXPOSE (\d+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert container_port["containerPort"] == service_port["targetPort"] == Settings().port == int(exposed[0])
+
+
+def test_probes_use_readyz_and_healthz_with_a_startup_allowance(rendered: Rendered) -> None:
+    spec = container(rendered.docs)
+    assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert spec["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    startup = spec["startupProbe"]
+    assert startup["httpGet"]["path"] == "/healthz"
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
+
+
+def test_pod_runs_unprivileged_with_a_read_only_root_and_a_writable_tmp(rendered: Rendered) -> None:
+    pod = by_kind(rendered.docs, "Deployment")["spec"]["template"]["spec"]
+    spec = container(rendered.docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"]["allowPrivilegeEscalation"] is False
+    assert spec["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[next(name for name, path in mounts.items() if path == "/tmp")]
+
+
+def test_grace_period_covers_the_drain_and_the_graceful_timeout(rendered: Rendered) -> None:
+    pod = by_kind(rendered.docs, "Deployment")["spec"]["template"]["spec"]
+    spec = container(rendered.docs)
+    env = {e["name"]: e for e in spec["env"]}
+    graceful_s = int(env.get("CLOUDDETECT_GRACEFUL_TIMEOUT_S", {}).get("value", Settings().graceful_timeout_s))
+    pre_stop_s = int(spec["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop_s + graceful_s
+
+
+def test_pod_name_reaches_the_logs_through_the_downward_api(rendered: Rendered) -> None:
+    env = {e["name"]: e for e in container(rendered.docs)["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_overlays_set_their_replica_count(rendered: Rendered) -> None:
+    name = rendered.folder.name
+    expected = int(name.removeprefix("replicas-")) if name.startswith("replicas-") else 1
+    assert by_kind(rendered.docs, "Deployment")["spec"]["replicas"] == expected
