@@ -1,0 +1,192 @@
+"""The image, built with `make image` and run under the mission's limits: real images in, real answers out.
+
+The Docker engine and the base image are provided by the project's own scripts (through `make image`), so these
+tests run on a fresh machine as root; deselect them explicitly with `-m "not docker"`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from clouddetect.codec import decode_image
+from clouddetect.contract import ENDPOINT, response_body, response_problem
+from clouddetect.detector import Detector
+from support import free_port, request_body
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "clouddetect:test"
+CODE_CHANGE_IMAGE = "clouddetect:test-code-change"
+BASE_IMAGE = "python:3.11-slim-bookworm"
+MISSION_LIMITS = ["--cpus", "0.5", "--memory", "512m"]
+READY_TIMEOUT_S = 120.0
+HEALTHY_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 40
+IMAGES_SENT = 8
+ACCURACY_TOLERANCE = 1e-4
+BUILD_TOOLS = ["gcc", "cc", "g++", "make", "pip", "pip3", "vim", "vi", "nano"]
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], check=check, capture_output=True, text=True)
+
+
+def layers(image: str) -> list[str]:
+    return json.loads(docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", image).stdout)
+
+
+def _without_accuracy(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "objects": [{k: v for k, v in o.items() if k != "accuracy"} for o in body["objects"]]}
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    started = time.monotonic()
+    subprocess.run(["make", "-C", str(ROOT), "image", f"IMAGE={IMAGE}"], check=True)
+    size = docker("image", "ls", "--format", "{{.Size}}", IMAGE).stdout.strip()
+    print(f"\nmake image: {time.monotonic() - started:.1f} s; {IMAGE} is {size} (docker image ls)")
+    return IMAGE
+
+
+@dataclass
+class Container:
+    name: str
+    url: str
+
+    def logs(self) -> str:
+        result = docker("logs", self.name)
+        return result.stdout + result.stderr
+
+    def state(self, field: str) -> str:
+        return docker("inspect", "--format", "{{" + field + "}}", self.name).stdout.strip()
+
+
+def wait_ready(container: Container) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if container.state(".State.Running") != "true":
+            raise RuntimeError(f"container exited:\n{container.logs()}")
+        try:
+            if requests.get(container.url + "/readyz", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"not ready within {READY_TIMEOUT_S} s:\n{container.logs()}")
+
+
+@pytest.fixture(scope="module")
+def container(image: str) -> Iterator[Container]:
+    """The image as Kubernetes runs it: 0.5 CPU, 512 MiB, read-only root, a writable /tmp, published on loopback."""
+    name = f"clouddetect-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    docker("run", "--detach", "--name", name, *MISSION_LIMITS, "--read-only", "--tmpfs", "/tmp",
+           "--env", f"POD_NAME={name}", "--publish", f"127.0.0.1:{port}:5000", image)
+    running = Container(name=name, url=f"http://127.0.0.1:{port}")
+    try:
+        wait_ready(running)
+        yield running
+    finally:
+        docker("rm", "--force", name, check=False)
+
+
+def test_image_answers_real_images_as_the_local_detector_does(
+    container: Container, images: list[Path], detector: Detector
+) -> None:
+    for path in images[:IMAGES_SENT]:
+        body = request_body(path)
+        answer = requests.post(container.url + ENDPOINT, json=body, timeout=REQUEST_TIMEOUT_S)
+        assert answer.status_code == 200, answer.text
+        assert response_problem(answer.json(), body["id"]) is None
+        expected = response_body(body["id"], detector.detect(decode_image(path.read_bytes())))
+        assert _without_accuracy(answer.json()) == _without_accuracy(expected)
+        for got, want in zip(answer.json()["objects"], expected["objects"], strict=True):
+            assert got["accuracy"] == pytest.approx(want["accuracy"], abs=ACCURACY_TOLERANCE)
+
+
+def test_each_request_is_logged_with_the_instance_name(container: Container, images: list[Path]) -> None:
+    body = request_body(images[0])
+    requests.post(container.url + ENDPOINT, json=body, timeout=REQUEST_TIMEOUT_S).raise_for_status()
+    assert f"request id={body['id']} status=200" in container.logs()
+    assert f"instance={container.name}" in container.logs()
+
+
+def test_runs_under_the_mission_limits(container: Container) -> None:
+    assert container.state(".HostConfig.NanoCpus") == str(500_000_000)
+    assert container.state(".HostConfig.Memory") == str(512 * 1024 * 1024)
+    assert container.state(".HostConfig.ReadonlyRootfs") == "true"
+
+
+def test_service_process_is_not_root(container: Container) -> None:
+    uids = docker("exec", container.name, "sh", "-c", "stat -c %u /proc/[0-9]*").stdout.split()
+    assert uids and "0" not in uids
+    assert docker("image", "inspect", "--format", "{{.Config.User}}", IMAGE).stdout.strip() == "10001:10001"
+
+
+def test_health_check_reports_healthy(container: Container) -> None:
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    while (status := container.state(".State.Health.Status")) == "starting" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert status == "healthy", container.state("json .State.Health")
+
+
+def build_tools_and_apt_caches(image: str) -> set[str]:
+    return set(docker("run", "--rm", "--entrypoint", "sh", image, "-c",
+                      f"for t in {' '.join(BUILD_TOOLS)}; do command -v $t || true; done; "
+                      "ls /var/lib/apt/lists /var/cache/apt/archives | grep -v -e '^/' -e '^$' -e '^lock$' "
+                      "-e '^partial$' -e '^auxfiles$' || true").stdout.split())
+
+
+def test_image_adds_no_build_tools_or_apt_caches_to_its_base(image: str) -> None:
+    assert build_tools_and_apt_caches(image) <= build_tools_and_apt_caches(BASE_IMAGE)
+    venv_tools = docker("run", "--rm", "--entrypoint", "ls", image, "/opt/venv/bin").stdout.split()
+    assert not {"pip", "pip3"} & set(venv_tools)
+
+
+def test_sigterm_stops_the_container_cleanly(image: str) -> None:
+    name = f"clouddetect-stop-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    docker("run", "--detach", "--name", name, *MISSION_LIMITS, "--read-only", "--tmpfs", "/tmp",
+           "--publish", f"127.0.0.1:{port}:5000", image)
+    stopping = Container(name=name, url=f"http://127.0.0.1:{port}")
+    try:
+        wait_ready(stopping)
+        docker("stop", "--time", str(STOP_TIMEOUT_S), name)
+        assert stopping.state(".State.ExitCode") == "0", stopping.logs()
+        assert stopping.state(".State.OOMKilled") == "false"
+        assert "Shutting down: Master" in stopping.logs()
+    finally:
+        docker("rm", "--force", name, check=False)
+
+
+def test_code_only_change_reuses_the_dependency_and_model_layers(image: str, tmp_path: Path) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md", ".dockerignore"):
+        shutil.copy(ROOT / name, context / name)
+    shutil.copytree(ROOT / "src", context / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    with (context / "src" / "clouddetect" / "api.py").open("a") as api:
+        api.write(f"\n# code-only change {uuid.uuid4()}\n")
+    started = time.monotonic()
+    docker("build", "--file", str(ROOT / "Dockerfile"), "--tag", CODE_CHANGE_IMAGE, str(context))
+    print(f"\nrebuild after a code-only change: {time.monotonic() - started:.1f} s")
+    try:
+        before, after = layers(image), layers(CODE_CHANGE_IMAGE)
+        assert len(before) == len(after)
+        assert before[:-1] == after[:-1], "the base, dependency or model layer was rebuilt"
+        assert before[-1] != after[-1]
+    finally:
+        docker("rmi", CODE_CHANGE_IMAGE, check=False)
