@@ -33,7 +33,7 @@ def _add_options(parser: LocustArgumentParser) -> None:
         "--lab-users": {"type": int, "required": True, "help": "Users to reach and hold."},
         "--lab-spawn-rate": {"type": float, "required": True, "help": "Users started per second."},
         "--lab-hold-s": {"type": float, "default": 0.0, "help": "Time to hold the target once reached."},
-        "--lab-outcome": {"type": Path, "required": True, "help": "JSON file the outcome is written to."},
+        "--lab-outcome": {"required": True, "help": "JSON file the outcome is written to."},
         "--lab-progress-interval-s": {"type": float, "default": 5.0, "help": "Time between progress lines."},
     }
     for flag, kwargs in options.items():
@@ -119,4 +119,4 @@ def _write_outcome(environment: Environment, **_kwargs: object) -> None:
     shape = environment.shape_class
     if isinstance(environment.runner, WorkerRunner) or not isinstance(shape, CapacityShape):
         return
-    environment.parsed_options.lab_outcome.write_text(json.dumps(shape.outcome(), indent=2) + "\n")
+    Path(environment.parsed_options.lab_outcome).write_text(json.dumps(shape.outcome(), indent=2) + "\n")

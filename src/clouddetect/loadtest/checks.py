@@ -22,7 +22,8 @@ def failure_kind(
 ) -> str | None:
     """The kind of failure of one answer, or None when it is a timely answer that keeps the contract."""
     if error is not None:
-        return TIMEOUT if _is_timeout(error) else f"connection error: {type(error).__name__}"
+        cause = _original(error)
+        return TIMEOUT if _is_timeout(cause) else f"connection error: {type(cause).__name__}"
     if elapsed_s > timeout_s:
         return TIMEOUT
     if status != 200:
@@ -36,6 +37,13 @@ def failure_kind(
     if isinstance(body, dict) and body.get("id") != request_id:
         return WRONG_ID
     return MALFORMED
+
+
+def _original(error: BaseException) -> BaseException:
+    """The error under geventhttpclient's wrappers (RetriesExceeded keeps the last attempt's as ``original``)."""
+    while isinstance(getattr(error, "original", None), BaseException):
+        error = error.original  # type: ignore[attr-defined]
+    return error
 
 
 def _is_timeout(error: BaseException) -> bool:

@@ -31,7 +31,8 @@ _encoded_images: list[bytes] = []
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser: LocustArgumentParser) -> None:
-    parser.add_argument("--images", type=Path, default=default_folder(), env_var=IMAGES_ENV,
+    # Options travel to the web UI as JSON and to workers as msgpack: plain strings, not Paths.
+    parser.add_argument("--images", default=str(default_folder()), env_var=IMAGES_ENV,
                         help="Folder of image files to send (default: $CLOUDDETECT_IMAGES or the test images).")
     parser.add_argument("--image-order", choices=IMAGE_ORDERS, default="sequence",
                         help="Each user sends the images in folder order, or picks one at random per request.")
@@ -43,7 +44,7 @@ def _add_options(parser: LocustArgumentParser) -> None:
 @events.init.add_listener
 def _prepare(environment: Environment, **_kwargs: object) -> None:
     options = environment.parsed_options
-    files = image_files(options.images)
+    files = image_files(Path(options.images))
     _encoded_images[:] = [json.dumps(encode_file(path)).encode("ascii") for path in files]
     DetectionUser.network_timeout = DetectionUser.connection_timeout = options.request_timeout_s
 

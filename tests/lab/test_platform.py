@@ -1,0 +1,57 @@
+"""Reading pods' metrics and readiness: the real service's /metrics text and Kubernetes' own pod objects."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
+
+from clouddetect.contract import ENDPOINT
+from clouddetect.lab.experiment import served
+from clouddetect.lab.platform import FixedUrl, PlatformError, parse_metrics, ready_pod_names
+from support import live_server, request_body
+
+READY_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.1
+HTTP_TIMEOUT_S = 10.0
+
+
+def test_metrics_count_answers_by_status(client: FlaskClient, images: list[Path]) -> None:
+    client.post(ENDPOINT, json=request_body(images[0]))
+    client.post(ENDPOINT, json=request_body(images[1]))
+    client.post(ENDPOINT, json={"id": "x"})
+    metrics = parse_metrics(client.get("/metrics").get_data(as_text=True))
+    assert metrics.requests_by_status == {"200": 2, "400": 1}
+    assert metrics.requests == 3
+    assert metrics.in_flight == 0
+
+
+def pod(name: str, ready: bool = True, terminating: bool = False) -> V1Pod:
+    return V1Pod(
+        metadata=V1ObjectMeta(name=name, deletion_timestamp=datetime.now(UTC) if terminating else None),
+        status=V1PodStatus(conditions=[V1PodCondition(type="Ready", status="True" if ready else "False")]),
+    )
+
+
+def test_exactly_the_wanted_pods_all_ready_and_none_terminating() -> None:
+    assert ready_pod_names([pod("b"), pod("a")], 2) == ["a", "b"]
+    assert ready_pod_names([pod("a"), pod("b", ready=False)], 2) is None
+    assert ready_pod_names([pod("a"), pod("b"), pod("old", terminating=True)], 2) is None
+    assert ready_pod_names([pod("a")], 2) is None
+
+
+@pytest.mark.slow
+def test_fixed_url_reads_its_one_instance(tmp_path: Path, images: list[Path]) -> None:
+    import requests
+
+    with live_server(tmp_path, env={"POD_NAME": "fixed-pod"}) as server:
+        platform = FixedUrl(server.url, 1, READY_TIMEOUT_S, POLL_INTERVAL_S, HTTP_TIMEOUT_S)
+        assert platform.wait_ready(1) == ["fixed-pod"]
+        before = platform.pod_metrics()
+        requests.post(server.url + ENDPOINT, json=request_body(images[0]), timeout=HTTP_TIMEOUT_S)
+        assert served(before, platform.pod_metrics()) == {"fixed-pod": 1}
+        with pytest.raises(PlatformError, match="cannot run 2"):
+            platform.scale(2)
