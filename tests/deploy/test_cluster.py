@@ -124,9 +124,9 @@ class Deployed:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     logs = tmp_path_factory.mktemp("test-cluster")
     already_up = subprocess.run([TEST_CLUSTER, "status"], capture_output=True, check=False).returncode == 0
-    run_logged([str(TEST_CLUSTER), "up"], logs / "up.log", CLUSTER_UP_TIMEOUT_S)
-    kubeconfig = subprocess.run([TEST_CLUSTER, "kubeconfig"], capture_output=True, text=True, check=True).stdout
     try:
+        run_logged([str(TEST_CLUSTER), "up"], logs / "up.log", CLUSTER_UP_TIMEOUT_S)
+        kubeconfig = subprocess.run([TEST_CLUSTER, "kubeconfig"], capture_output=True, text=True, check=True).stdout
         yield Cluster(Path(kubeconfig.strip()))
     finally:
         if not already_up:
