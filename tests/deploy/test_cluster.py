@@ -44,6 +44,7 @@ IMAGE_BUILD_TIMEOUT_S = 1800.0
 KUBECTL_TIMEOUT_S = 120.0
 ROLLOUT_TIMEOUT_S = 300.0
 NODE_PORT_TIMEOUT_S = 60.0
+READY_PROBE_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.5
 HTTP_TIMEOUT_S = 30.0
 # A capacity experiment small enough for a test: two pod counts, one run each, a handful of users held briefly.
@@ -147,9 +148,10 @@ def rendered(kustomization: Path) -> list[dict]:
 
 
 def answers(url: str) -> bool | None:
+    """Whether ``url`` reports ready; until kube-proxy has synced the NodePort a connection may fail or stall."""
     try:
-        return True if requests.get(url + "/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200 else None
-    except requests.ConnectionError:
+        return True if requests.get(url + "/readyz", timeout=READY_PROBE_TIMEOUT_S).status_code == 200 else None
+    except requests.RequestException:
         return None
 
 
