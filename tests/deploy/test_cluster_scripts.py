@@ -14,7 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "cluster"
 NODE_ROLE_SCRIPTS = ["node-setup", "controller-init", "worker-join", "load-image", "deploy"]
-SCRIPTS = [ROOT / "scripts" / "docker-engine", ROOT / "scripts" / "base-image", CLUSTER / "lib.sh",
+SCRIPTS = [ROOT / "scripts" / "docker-engine", ROOT / "scripts" / "base-image", ROOT / "scripts" / "test-cluster",
+           CLUSTER / "lib.sh",
            *(CLUSTER / name for name in NODE_ROLE_SCRIPTS)]
 JOIN_ARGS = ["10.0.0.10:6443", "--token", "abcdef.0123456789abcdef", "--discovery-token-ca-cert-hash", "sha256:00"]
 
