@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -69,6 +70,31 @@ def test_overload_is_503_with_retry_after_and_nothing_is_lost(tmp_path, images) 
                 assert answer.headers["Retry-After"] == "3"
                 assert answer.json()["error"]["code"] == "overloaded"
         assert post(running.url, payloads[0]).status_code == 200
+
+
+def test_a_refused_request_leaves_its_connection_usable(tmp_path, images) -> None:
+    """A 503 answered before the body is read must not break the client's keep-alive connection."""
+    with live_server(tmp_path, "--max-waiting-requests", "1") as running, requests.Session() as session:
+        busy = threading.Event()
+
+        def keep_busy() -> None:
+            with requests.Session() as own:
+                while not busy.is_set():
+                    post_with(own, running.url, request_body(images[1]))
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            hogs = [pool.submit(keep_busy) for _ in range(2)]
+            try:
+                statuses = [post_with(session, running.url, request_body(images[1])).status_code for _ in range(20)]
+            finally:
+                busy.set()
+            for hog in hogs:
+                hog.result()
+    assert 503 in statuses and set(statuses) <= {200, 503}
+
+
+def post_with(session: requests.Session, url: str, payload: dict[str, str]) -> requests.Response:
+    return session.post(url + ENDPOINT, json=payload, timeout=REQUEST_TIMEOUT_S)
 
 
 def test_sigterm_lets_in_flight_requests_finish(tmp_path, images) -> None:

@@ -24,6 +24,7 @@ from clouddetect.errors import BodyTooLarge, ClientError, MalformedJson, NotJson
 from clouddetect.metrics import Metrics
 
 log = logging.getLogger("clouddetect.api")
+DISCARD_CHUNK_BYTES = 64 * 1024
 bp = Blueprint("api", __name__)
 
 
@@ -173,8 +174,23 @@ def _error_response(status: int, code: str, message: str, request_id: str | None
     return response
 
 
+def _discard_unread_body() -> None:
+    """Read what is left of a refused request's body, so its keep-alive connection can carry the next request.
+
+    gunicorn drains at most 64 KiB itself; past that it closes a connection whose answer already said keep-alive,
+    and the client's next request on it fails. A 413 body is too large to read and is left to that close.
+    """
+    try:
+        while request.stream.read(DISCARD_CHUNK_BYTES):
+            pass
+    except (HTTPException, OSError):
+        pass  # the client went away, or the body is over the limit: the connection closes anyway
+
+
 def _client_error(exc: ClientError) -> Response:
     g.error = exc.code
+    if exc.status != 413:
+        _discard_unread_body()
     g.request_id = exc.request_id or g.get("request_id")
     response = _error_response(exc.status, exc.code, exc.message, g.request_id)
     if exc.status == 503:
@@ -184,6 +200,8 @@ def _client_error(exc: ClientError) -> Response:
 
 def _http_error(exc: HTTPException) -> Response:
     code = g.error = (exc.name or "error").lower().replace(" ", "_")
+    if exc.code != 413:
+        _discard_unread_body()
     response = _error_response(exc.code or 500, code, exc.description or exc.name or "error")
     for name, value in exc.get_headers():
         if name.lower() != "content-type":
