@@ -7,11 +7,15 @@ processes; elsewhere they are pinned to one core, which is more than 0.5 CPU, an
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from clouddetect.client import wait_ready
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
@@ -66,3 +70,19 @@ def cpu_limit(cpus: float = 0.5, name: str = "clouddetect-bench") -> Iterator[Cp
             group.rmdir()
         except OSError as exc:
             print(f"warning: cgroup {group} not removed: {exc}", file=sys.stderr)
+
+
+@contextmanager
+def limited_server(limit: CpuLimit, port: int, ready_timeout_s: float) -> Iterator[subprocess.Popen[bytes]]:
+    """``clouddetect serve`` with default settings inside the limit, ready on 127.0.0.1:``port``; SIGTERM after."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
+        preexec_fn=limit.join,  # noqa: PLW1509 - the child must start inside the CPU limit
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", ready_timeout_s, still_starting=lambda: server.poll() is None)
+        yield server
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=ready_timeout_s)

@@ -11,31 +11,15 @@ import argparse
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import requests
-from cpu_limit import cpu_limit
+from cpu_limit import cpu_limit, limited_server
 
 from clouddetect.images import default_folder
 
 READY_TIMEOUT_S = 120.0
-READY_POLL_S = 0.2
-
-
-def wait_ready(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(READY_POLL_S)
-    raise TimeoutError(f"{url} not ready within {timeout_s} s")
 
 
 def main() -> None:
@@ -55,18 +39,9 @@ def main() -> None:
            "--repeats", str(args.repeats)]
     with cpu_limit(args.cpus) as limit:
         print(f"machine: {os.cpu_count()} cores; server limit: {limit.description}", flush=True)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(args.port),
-             "--log-level", "warning"],
-            preexec_fn=limit.join,  # noqa: PLW1509 - the child must start inside the CPU limit
-        )
-        try:
-            wait_ready(url, READY_TIMEOUT_S)
+        with limited_server(limit, args.port, READY_TIMEOUT_S):
             print(f"running: {shlex.join(lab)}", flush=True)
             subprocess.run(lab, check=True)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
     for run in json.loads((args.out / "runs.json").read_text()):
         print(f"repeat {run['repeat']}: max users with no failure (timeout {run['timeout_s']:g} s): "
               f"{run['max_users']}; {run['rps']:.2f} req/s; mean response time {run['avg_ms']:.0f} ms "

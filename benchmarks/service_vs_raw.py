@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cpu_limit import cpu_limit
+from cpu_limit import CpuLimit, cpu_limit, limited_server
 
 from clouddetect.client import run as run_client
 from clouddetect.images import default_folder, image_files
 
 READY_TIMEOUT_S = 120.0
+CLIENT_TIMEOUT_S = 60.0
 
 
 def raw_pipeline(folder: Path, rounds: int) -> float:
@@ -53,43 +53,20 @@ def worker_peak_rss_mib(master_pid: int) -> float:
     return max(peaks)
 
 
-def wait_ready(url: str, timeout_s: float) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready within {timeout_s} s")
-
-
-def service(folder: Path, rounds: int, concurrency: int, port: int, join: object) -> tuple[float, float]:
+def service(folder: Path, rounds: int, concurrency: int, port: int, limit: CpuLimit) -> tuple[float, float]:
     """Images/s of the whole service over HTTP, and the worker's peak RSS in MiB."""
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
-        preexec_fn=join,  # noqa: PLW1509 - the child must start inside the CPU limit
-    )
-    try:
-        wait_ready(url, READY_TIMEOUT_S)
-        run_client(url, folder, concurrency, 60.0, lambda _: None)  # warm-up round
+    with limited_server(limit, port, READY_TIMEOUT_S) as server:
+        run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)  # warm-up round
         started = time.perf_counter()
         images = 0
         for _ in range(rounds):
-            summary = run_client(url, folder, concurrency, 60.0, lambda _: None)
+            summary = run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
             if summary.failed:
                 raise RuntimeError(f"{summary.failed} requests failed")
             images += summary.images
         rate = images / (time.perf_counter() - started)
         return rate, worker_peak_rss_mib(server.pid)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 def main() -> None:
@@ -113,7 +90,7 @@ def main() -> None:
         ).stdout
         raw_rate = json.loads(raw_out)["images_per_s"]
         print(f"raw pipeline:     {raw_rate:6.2f} images/s")
-        service_rate, rss_mib = service(args.images, args.rounds, args.concurrency, args.port, limit.join)
+        service_rate, rss_mib = service(args.images, args.rounds, args.concurrency, args.port, limit)
     print(f"service over HTTP: {service_rate:6.2f} images/s")
     print(f"ratio service/raw: {service_rate / raw_rate:6.3f}  (target >= 0.95)")
     print(f"worker peak RSS:   {rss_mib:6.1f} MiB  (target < 200)")

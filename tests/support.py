@@ -8,14 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
+from clouddetect.client import wait_ready
 
 SERVER_START_TIMEOUT_S = 60.0
 
@@ -40,20 +39,6 @@ class LiveServer:
         return self.log_path.read_text()
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], timeout_s: float = SERVER_START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready within {timeout_s} s")
-
-
 @contextmanager
 def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
     """``clouddetect serve`` in a process of its own on a free loopback port, stopped with SIGTERM."""
@@ -65,7 +50,10 @@ def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) 
                                    env={**os.environ, **(env or {})})
     server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
-        wait_ready(server.url, process)
+        try:
+            wait_ready(server.url, SERVER_START_TIMEOUT_S, still_starting=lambda: process.poll() is None)
+        except TimeoutError as exc:
+            raise RuntimeError(f"server did not start (exit code {process.poll()}):\n{server.log()}") from exc
         yield server
     finally:
         if process.poll() is None:

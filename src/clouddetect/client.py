@@ -40,6 +40,21 @@ class Summary:
         return self.images / self.elapsed_s if self.elapsed_s else 0.0
 
 
+def wait_ready(
+    base_url: str, timeout_s: float, poll_interval_s: float = 0.1, still_starting: Callable[[], bool] = lambda: True
+) -> None:
+    """Poll ``/readyz`` until the service is warmed up; ``still_starting`` lets a caller give up on a dead server."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and still_starting():
+        try:
+            if requests.get(base_url.rstrip("/") + "/readyz", timeout=poll_interval_s + 1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(poll_interval_s)
+    raise TimeoutError(f"{base_url} did not turn ready within {timeout_s} s")
+
+
 def detect_one(session: requests.Session, url: str, image: Path, timeout_s: float) -> Outcome:
     request_id = str(uuid.uuid4())
     started = time.perf_counter()
