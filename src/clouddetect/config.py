@@ -51,6 +51,9 @@ class Settings:
     max_waiting_body_bytes: int = _setting(
         128 * 1024 * 1024, "Bytes of request bodies waiting for inference per worker; past it the answer is 503."
     )
+    malloc_arenas: int = _setting(
+        2, "glibc malloc arenas per worker; one per request thread would keep ~100 MiB more of freed memory."
+    )
     decode_slots: int = _setting(1, "Images decoded at once per worker; bounds the memory of large photos.")
     retry_after_s: int = _setting(1, "Retry-After sent with 503 answers.")
     max_body_bytes: int = _setting(16 * 1024 * 1024, "Largest request body accepted (413 above).")
@@ -76,7 +79,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads", "max_connections", "inference_threads", "input_size_px",
-                     "max_waiting_requests", "max_waiting_body_bytes", "decode_slots", "max_body_bytes"):
+                     "max_waiting_requests", "max_waiting_body_bytes", "malloc_arenas", "decode_slots",
+                     "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_waiting_body_bytes < self.max_body_bytes:

@@ -2,7 +2,7 @@
 
 The pipeline is Darknet's: the image stretched to a square input, BGR to RGB, scaled by 1/255; boxes above the
 confidence threshold, then non-maximum suppression. A ``cv2.dnn.Net`` must not run two forwards at once, so the
-forward pass is serialised by a lock; everything around it runs outside the lock.
+forward pass is serialised by a lock; decoding and post-processing run outside it.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class Detector:
     def infer(self, prepared: PreparedImage) -> tuple[list[Detection], float]:
         """The detections and the seconds the forward pass took (waiting for the lock not included)."""
         side = self.settings.input_size_px
-        blob = cv2.dnn.blobFromImage(prepared.pixels, 1 / 255.0, (side, side), swapRB=True, crop=False)
         with self._forward_lock:
+            # The float blob (2 MB) is made only once the net is free: waiting requests hold 0.5 MB each, not 2.5.
+            blob = cv2.dnn.blobFromImage(prepared.pixels, 1 / 255.0, (side, side), swapRB=True, crop=False)
             started = time.perf_counter()
             self._net.setInput(blob)
             outputs = self._net.forward(self._outputs)

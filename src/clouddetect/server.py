@@ -7,6 +7,8 @@ Each worker process loads the model once and warms it up in the background: ``/h
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import sys
 import threading
@@ -21,6 +23,7 @@ from clouddetect.detector import Detector
 from clouddetect.model_store import locate
 
 log = logging.getLogger("clouddetect.server")
+M_ARENA_MAX = -8  # glibc's malloc.h
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
@@ -48,9 +51,23 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def limit_malloc_arenas(arenas: int) -> None:
+    """Cap glibc's malloc arenas before the request threads start.
+
+    glibc gives busy threads arenas of their own (up to 8 per core) and each keeps the memory its requests freed;
+    with hundreds of request threads that is ~100 MiB more peak memory in a 512 MiB pod. Elsewhere a no-op.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):
+        log.debug("mallopt is not available; malloc arenas left as they are")
+
+
 def build_app(settings: Settings) -> Flask:
     """The app of one worker process: model loaded now, warmed up in the background."""
     configure_logging(settings.log_level)
+    limit_malloc_arenas(settings.malloc_arenas)
     detector = Detector(locate(settings.model_dir), settings)
     threading.Thread(target=_warm_up, args=(detector,), name="warm-up", daemon=True).start()
     return create_app(settings, detector)
