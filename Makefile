@@ -28,6 +28,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
+	$(BIN)/python benchmarks/memory_under_load.py
 
 # The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
 image:
@@ -37,6 +38,8 @@ image:
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/shellcheck -x scripts/docker-engine scripts/base-image scripts/test-cluster $(filter-out %.md,$(wildcard deploy/cluster/*))
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache src/*.egg-info

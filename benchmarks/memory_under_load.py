@@ -1,0 +1,59 @@
+"""Peak memory of one serving worker as more clients connect at once, against its idle memory in the same run.
+
+Each level sends that many requests at once (the test images, repeated as needed) to ``clouddetect serve`` with
+its default settings under the pod's 0.5-CPU limit; requests past ``max_waiting_requests`` are refused with 503,
+so the peak should level off however many clients come. Prints the worker's peak RSS per level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+from cpu_limit import cpu_limit, limited_server
+from service_vs_raw import worker_peak_rss_mib
+
+from clouddetect.client import detect_one
+from clouddetect.images import default_folder, image_files
+
+READY_TIMEOUT_S = 120.0
+REQUEST_TIMEOUT_S = 300.0
+
+
+def send_at_once(url: str, files: list[Path], clients: int) -> dict[int | None, int]:
+    """Statuses of ``clients`` requests sent together, one connection each."""
+    batch = list(itertools.islice(itertools.cycle(files), clients))
+
+    def one(path: Path) -> int | None:
+        with requests.Session() as session:
+            return detect_one(session, url + "/api/object_detection", path, REQUEST_TIMEOUT_S).status
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        statuses = list(pool.map(one, batch))
+    return {status: statuses.count(status) for status in set(statuses)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=default_folder())
+    parser.add_argument("--clients", default="1,64,192,384", help="comma-separated levels of simultaneous clients")
+    parser.add_argument("--cpus", type=float, default=0.5)
+    parser.add_argument("--port", type=int, default=5096)
+    args = parser.parse_args()
+    files = image_files(args.images)
+    url = f"http://127.0.0.1:{args.port}"
+    with cpu_limit(args.cpus) as limit, limited_server(limit, args.port, READY_TIMEOUT_S) as server:
+        idle_mib = worker_peak_rss_mib(server.pid)
+        print(f"limit: {limit.description}; idle worker peak RSS after warm-up: {idle_mib:.1f} MiB")
+        for clients in (int(level) for level in args.clients.split(",")):
+            statuses = send_at_once(url, files, clients)
+            peak_mib = worker_peak_rss_mib(server.pid)
+            print(f"{clients:4d} clients at once: answers {dict(sorted(statuses.items(), key=str))}; "
+                  f"peak RSS {peak_mib:.1f} MiB ({peak_mib / idle_mib:.2f}x idle)")
+
+
+if __name__ == "__main__":
+    main()
