@@ -1,7 +1,8 @@
 """The product on a real single-node Kubernetes (``scripts/test-cluster``), with the image built here.
 
 The image and the manifests deploy as they are; the NodePort Service answers on 127.0.0.1 and spreads requests over
-the pods; the pods run under the mission's CPU quota and memory limit; the capacity lab scales the real Deployment.
+the pods; the pods run under the CPU quota and memory limit every pod is given; the capacity lab scales the real
+Deployment.
 
 Each pod takes 0.5 CPU. This node has 2 cores, so the scaling test goes 1 -> 2 -> 1 pods; on a node with enough
 cores the same test walks any sequence, e.g. ``CLOUDDETECT_CLUSTER_POD_COUNTS=1,2,4,8,1 pytest -m cluster``.
@@ -35,9 +36,9 @@ TEST_CLUSTER = ROOT / "scripts" / "test-cluster"
 BASE = ROOT / "deploy" / "k8s" / "base"
 IMAGE = "clouddetect:latest"
 POD_COUNTS = [int(n) for n in os.environ.get("CLOUDDETECT_CLUSTER_POD_COUNTS", "1,2,1").split(",")]
-# The mission's unit of capacity: one pod of 0.5 CPU and 512 MiB.
-MISSION_CPU_CORES = 0.5
-MISSION_MEMORY_BYTES = 512 * 1024**2
+# The unit of capacity: one pod of 0.5 CPU and 512 MiB.
+POD_CPU_CORES = 0.5
+POD_MEMORY_BYTES = 512 * 1024**2
 REQUESTS_PER_POD = 10
 CLUSTER_UP_TIMEOUT_S = 3600.0  # a cold start builds Kubernetes
 IMAGE_BUILD_TIMEOUT_S = 1800.0
@@ -203,12 +204,12 @@ def test_service_answers_through_the_node_port_on_loopback(deployed: Deployed, i
         detect(deployed.url, image)
 
 
-def test_pods_run_under_the_missions_cpu_quota_and_memory_limit(deployed: Deployed) -> None:
+def test_pods_run_under_a_pods_cpu_quota_and_memory_limit(deployed: Deployed) -> None:
     pod = deployed.pods()[0]
     quota_us = deployed.cgroup_value(pod, "cpu/cpu.cfs_quota_us")
     period_us = deployed.cgroup_value(pod, "cpu/cpu.cfs_period_us")
-    assert quota_us / period_us == MISSION_CPU_CORES
-    assert deployed.cgroup_value(pod, "memory/memory.limit_in_bytes") == MISSION_MEMORY_BYTES
+    assert quota_us / period_us == POD_CPU_CORES
+    assert deployed.cgroup_value(pod, "memory/memory.limit_in_bytes") == POD_MEMORY_BYTES
 
 
 def test_scaling_spreads_requests_over_every_pod(deployed: Deployed, images: list[Path]) -> None:

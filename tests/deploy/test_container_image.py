@@ -1,4 +1,4 @@
-"""The image, built with `make image` and run under the mission's limits: real images in, real answers out.
+"""The image, built with `make image` and run under a pod's limits: real images in, real answers out.
 
 The Docker engine and the base image are provided by the project's own scripts (through `make image`), so these
 tests run on a fresh machine as root; deselect them explicitly with `-m "not docker"`.
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "clouddetect:test"
 CODE_CHANGE_IMAGE = "clouddetect:test-code-change"
 BASE_IMAGE = "python:3.11-slim-bookworm"
-MISSION_LIMITS = ["--cpus", "0.5", "--memory", "512m"]
+POD_LIMITS = ["--cpus", "0.5", "--memory", "512m"]
 READY_TIMEOUT_S = 120.0
 HEALTHY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 60.0
@@ -93,7 +93,7 @@ def container(image: str) -> Iterator[Container]:
     """The image as Kubernetes runs it: 0.5 CPU, 512 MiB, read-only root, a writable /tmp, published on loopback."""
     name = f"clouddetect-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    docker("run", "--detach", "--name", name, *MISSION_LIMITS, "--read-only", "--tmpfs", "/tmp",
+    docker("run", "--detach", "--name", name, *POD_LIMITS, "--read-only", "--tmpfs", "/tmp",
            "--env", f"POD_NAME={name}", "--publish", f"127.0.0.1:{port}:5000", image)
     running = Container(name=name, url=f"http://127.0.0.1:{port}")
     try:
@@ -124,7 +124,7 @@ def test_each_request_is_logged_with_the_instance_name(container: Container, ima
     assert f"instance={container.name}" in container.logs()
 
 
-def test_runs_under_the_mission_limits(container: Container) -> None:
+def test_runs_under_a_pods_limits(container: Container) -> None:
     assert container.state(".HostConfig.NanoCpus") == str(500_000_000)
     assert container.state(".HostConfig.Memory") == str(512 * 1024 * 1024)
     assert container.state(".HostConfig.ReadonlyRootfs") == "true"
@@ -159,7 +159,7 @@ def test_image_adds_no_build_tools_or_apt_caches_to_its_base(image: str) -> None
 def test_sigterm_stops_the_container_cleanly(image: str) -> None:
     name = f"clouddetect-stop-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    docker("run", "--detach", "--name", name, *MISSION_LIMITS, "--read-only", "--tmpfs", "/tmp",
+    docker("run", "--detach", "--name", name, *POD_LIMITS, "--read-only", "--tmpfs", "/tmp",
            "--publish", f"127.0.0.1:{port}:5000", image)
     stopping = Container(name=name, url=f"http://127.0.0.1:{port}")
     try:

@@ -1,4 +1,4 @@
-"""The kustomize base and overlays render, validate against the official schemas and keep the mission's invariants."""
+"""The kustomize base and overlays render, validate against the official schemas and keep the deployment's rules."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def test_raw_locust_files_and_tidy_table_of_every_run(overloaded: tuple[Path, st
     assert all(line.startswith(f"master,1,{r},") for r, line in zip((1, 2), lines[1:], strict=True))
 
 
-def test_report_has_the_mission_table_with_mean_and_std_and_the_plots(overloaded: tuple[Path, str]) -> None:
+def test_report_has_the_capacity_table_with_mean_and_std_and_the_plots(overloaded: tuple[Path, str]) -> None:
     out, _ = overloaded
     written = lab("report", str(out)).stdout.split()
     avg = [r["avg_ms"] for r in runs(out)]
