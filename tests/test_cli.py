@@ -40,6 +40,11 @@ def test_model_fetch_from_a_folder(tmp_path: Path, model_files) -> None:
     assert "verified" in result.stdout
 
 
+def test_client_on_a_folder_without_images_says_so(tmp_path: Path) -> None:
+    result = clouddetect("client", "http://127.0.0.1:5999", str(tmp_path))
+    assert result.returncode == 1 and "no image files" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_setting_is_a_usage_error() -> None:
     result = clouddetect("serve", "--port", "80")
     assert result.returncode == 2 and "above 1024" in result.stderr

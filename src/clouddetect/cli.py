@@ -125,7 +125,10 @@ def client(url: str, folder: Path, concurrency: int, timeout_s: float) -> None:
         else:
             click.echo(f"{outcome.image.name}: FAILED {outcome.problem} {json.dumps(outcome.body)}", err=True)
 
-    summary = client_module.run(url, folder, concurrency, timeout_s, show)
+    try:
+        summary = client_module.run(url, folder, concurrency, timeout_s, show)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(
         f"{summary.images} images, {summary.ok} ok, {summary.failed} failed, {summary.objects} objects, "
         f"{summary.elapsed_s:.1f} s, {summary.images_per_s:.2f} images/s, "
