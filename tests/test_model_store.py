@@ -83,6 +83,16 @@ def test_corrupt_weights_are_refused_and_not_installed(tmp_path: Path, course_fo
     assert not [p for p in target.iterdir() if p.name.startswith(".")], "no partial file is left behind"
 
 
+def test_damaged_zip_is_a_model_error(tmp_path: Path, course_zip: Path) -> None:
+    data = bytearray(course_zip.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)  # inside the weights' bytes; the archive's directory stays readable
+    course_zip.write_bytes(bytes(data))
+    with pytest.raises(ModelError):
+        fetch(tmp_path / "models", str(course_zip))
+    assert not (tmp_path / "models" / WEIGHTS).exists()
+
+
 def test_source_without_the_files_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="not found"):

@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,8 +82,11 @@ def fetch(model_dir: Path, source: str | None = None, timeout_s: int = 300) -> M
     model_dir.mkdir(parents=True, exist_ok=True)
     with _materialise(source, timeout_s) as origin:
         for name, expected in SHA256.items():
-            with _open_member(origin, name) as stream:
-                _install(stream, model_dir / name, expected)
+            try:
+                with _open_member(origin, name) as stream:
+                    _install(stream, model_dir / name, expected)
+            except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+                raise ModelError(f"cannot read {name} from {origin}: {exc}") from exc
     return locate(model_dir)
 
 
