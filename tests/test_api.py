@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -147,3 +149,33 @@ def test_metrics_count_requests_by_status_and_time_them(client, images) -> None:
     assert "clouddetect_request_duration_seconds_count 2.0" in text
     assert "clouddetect_inference_duration_seconds_count 1.0" in text
     assert "clouddetect_requests_in_flight 0.0" in text
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height``: what a decompression bomb shows before decoding."""
+    png = bytearray(cv2.imencode(".png", np.zeros((1, 1, 3), dtype=np.uint8))[1].tobytes())
+    png[16:24] = struct.pack(">II", width, height)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])))
+    return bytes(png)
+
+
+def test_image_with_too_many_pixels_is_413_before_decoding(client) -> None:
+    bomb = base64.b64encode(png_claiming(40_000, 40_000)).decode()
+    response = post(client, {"id": "bomb", "image": bomb})
+    assert_error(response, 413, "image_too_large", "bomb")
+    assert "40000x40000" in response.get_json()["error"]["message"]
+
+
+def test_pixel_limit_is_a_setting(settings, detector, images) -> None:
+    small = create_app(dataclasses.replace(settings, max_image_pixels=10_000), detector).test_client()
+    assert_error(post(small, request_body(images[0], "big")), 413, "image_too_large", "big")
+
+
+def test_deeply_nested_json_is_400(client) -> None:
+    response = client.post(ENDPOINT, data="[" * 100_000, content_type="application/json")
+    assert_error(response, 400, "malformed_json")
+
+
+def test_options_is_not_counted_as_a_detection(client) -> None:
+    assert client.options(ENDPOINT).status_code == 200
+    assert 'clouddetect_requests_total{status="200"}' not in client.get("/metrics").get_data(as_text=True)

@@ -43,16 +43,25 @@ def test_concurrent_answers_are_not_mixed(server, detector, images) -> None:
         assert body["objects"] == expected[path], path.name
 
 
+def test_chunked_body_is_411_length_required(server) -> None:
+    chunks = iter([b'{"id": "chunked", ', b'"image": "YWJj"}'])
+    answer = requests.post(server.url + ENDPOINT, data=chunks, headers={"Content-Type": "application/json"},
+                           timeout=REQUEST_TIMEOUT_S)
+    assert answer.status_code == 411 and answer.json()["error"]["code"] == "length_required"
+
+
 def test_each_request_is_logged_with_the_instance_name(tmp_path, images) -> None:
     with live_server(tmp_path, env={"POD_NAME": "clouddetect-test-pod"}) as running:
         payload = request_body(images[1], "log-check-1")
         assert post(running.url, payload).status_code == 200
         post(running.url, {"id": "log-check-2", "image": "%%%"})
+        post(running.url, {"id": "forged\nrequest id=x status=200", "image": "%%%"})
     log = running.log()
     assert "request id=log-check-1 status=200 objects=3" in log
     assert "instance=clouddetect-test-pod" in log
     assert "request id=log-check-2 status=400" in log and "error=invalid_base64" in log
     assert "Traceback" not in log
+    assert "request id=forged\\nrequest id=x status=200 status=400" in log, "an id cannot start a log line"
 
 
 def test_overload_is_503_with_retry_after_and_nothing_is_lost(tmp_path, images) -> None:

@@ -20,7 +20,7 @@ from clouddetect.codec import decode_image
 from clouddetect.config import Settings
 from clouddetect.contract import ENDPOINT, parse_request, response_body
 from clouddetect.detector import Detection, Detector, PreparedImage
-from clouddetect.errors import BodyTooLarge, ClientError, MalformedJson, NotJson, NotReady
+from clouddetect.errors import BodyTooLarge, ClientError, LengthRequired, MalformedJson, NotJson, NotReady
 from clouddetect.metrics import Metrics
 
 log = logging.getLogger("clouddetect.api")
@@ -57,7 +57,7 @@ class Service:
         g.request_id = request_id
         with self.decode_slots:
             try:
-                return request_id, self.detector.prepare(decode_image(data))
+                return request_id, self.detector.prepare(decode_image(data, self.settings.max_image_pixels))
             except ClientError as exc:
                 exc.request_id = request_id
                 raise
@@ -89,10 +89,14 @@ def _service() -> Service:
 def _json_body() -> object:
     if not request.is_json:
         raise NotJson('send the body as JSON with "Content-Type: application/json"')
+    if request.content_length is None:
+        raise LengthRequired("send the body with a Content-Length header (chunked bodies are not accepted)")
     try:
         return json.loads(request.get_data(cache=False))
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJson(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedJson("the body is not valid JSON: nested too deeply") from None
 
 
 @bp.post(ENDPOINT)
@@ -122,7 +126,7 @@ def _stop_clock(_exc: BaseException | None) -> None:
 
 @bp.after_app_request
 def _account(response: Response) -> Response:
-    if request.path != ENDPOINT:
+    if request.path != ENDPOINT or request.method == "OPTIONS":
         return response
     service = _service()
     total_s = time.perf_counter() - g.started
@@ -130,10 +134,15 @@ def _account(response: Response) -> Response:
     service.metrics.latency.observe(total_s)
     log.info(
         "request id=%s status=%d objects=%d inference_ms=%.1f total_ms=%.1f instance=%s error=%s",
-        g.get("request_id", "-"), response.status_code, g.get("objects", 0), g.get("inference_ms", 0.0),
+        _log_safe(g.get("request_id") or "-"), response.status_code, g.get("objects", 0), g.get("inference_ms", 0.0),
         total_s * 1000, service.settings.instance_name, g.get("error", "-"),
     )
     return response
+
+
+def _log_safe(text: str) -> str:
+    """A client's id in one log line: control characters escaped, so no id can forge another line."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 @bp.get("/healthz")

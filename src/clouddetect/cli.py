@@ -22,6 +22,7 @@ from clouddetect.model_store import ModelError, fetch, locate
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
 DETECTION_SETTINGS = (
     "model_dir", "confidence_threshold", "nms_threshold", "input_size_px", "inference_threads", "winograd",
+    "max_image_pixels",
 )
 
 
@@ -83,7 +84,7 @@ def detect(images: tuple[Path, ...], **overrides: Any) -> None:
     failed = False
     for path in images:
         try:
-            detections = detector.detect(decode_image(path.read_bytes()))
+            detections = detector.detect(decode_image(path.read_bytes(), settings.max_image_pixels))
         except ClientError as exc:
             click.echo(f"{path}: {exc.message}", err=True)
             failed = True

@@ -61,7 +61,7 @@ def detect_one(session: requests.Session, url: str, image: Path, timeout_s: floa
     try:
         response = session.post(url, json={"id": request_id, "image": encode_file(image)}, timeout=timeout_s)
         body = response.json()
-    except (requests.RequestException, ValueError) as exc:
+    except (requests.RequestException, ValueError, OSError) as exc:
         return Outcome(image, None, None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
     latency_s = time.perf_counter() - started
     problem = f"HTTP {response.status_code}" if response.status_code != 200 else response_problem(body, request_id)

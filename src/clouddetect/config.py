@@ -57,6 +57,9 @@ class Settings:
     decode_slots: int = _setting(1, "Images decoded at once per worker; bounds the memory of large photos.")
     retry_after_s: int = _setting(1, "Retry-After sent with 503 answers.")
     max_body_bytes: int = _setting(16 * 1024 * 1024, "Largest request body accepted (413 above).")
+    max_image_pixels: int = _setting(
+        25_000_000, "Largest image decoded, width x height (413 above): a small file can hold a huge image."
+    )
     graceful_timeout_s: int = _setting(30, "Time in-flight requests get to finish after SIGTERM.")
     worker_timeout_s: int = _setting(120, "A worker silent this long is restarted.")
     keepalive_s: int = _setting(5, "How long an idle keep-alive connection is held open.")
@@ -80,7 +83,7 @@ class Settings:
     def __post_init__(self) -> None:
         for name in ("workers", "threads", "max_connections", "inference_threads", "input_size_px",
                      "max_waiting_requests", "max_waiting_body_bytes", "malloc_arenas", "decode_slots",
-                     "max_body_bytes"):
+                     "max_body_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.max_waiting_body_bytes < self.max_body_bytes:

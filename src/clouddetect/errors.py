@@ -28,6 +28,16 @@ class BodyTooLarge(ClientError):
     code = "body_too_large"
 
 
+class ImageTooLarge(ClientError):
+    status = 413
+    code = "image_too_large"
+
+
+class LengthRequired(ClientError):
+    status = 411
+    code = "length_required"
+
+
 class MalformedJson(ClientError):
     code = "malformed_json"
 

@@ -162,8 +162,12 @@ def _first(origin: Path, name: str, members: list[str]) -> str:
 def _install(stream: IO[bytes], target: Path, expected: str) -> None:
     """Copy, verify, then rename into place, so a failed fetch never leaves a half-written file behind."""
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
-        shutil.copyfileobj(stream, tmp)
-    partial = Path(tmp.name)
+        partial = Path(tmp.name)
+        try:
+            shutil.copyfileobj(stream, tmp)
+        except BaseException:
+            partial.unlink()
+            raise
     with partial.open("rb") as check:
         actual = sha256_of(check)
     if actual != expected:
