@@ -188,12 +188,14 @@ def _error_response(status: int, code: str, message: str, request_id: str | None
     return response
 
 
-def _discard_unread_body() -> None:
+def _discard_unread_body(status: int) -> None:
     """Read what is left of a refused request's body, so its keep-alive connection can carry the next request.
 
     gunicorn drains at most 64 KiB itself; past that it closes a connection whose answer already said keep-alive,
     and the client's next request on it fails. A 413 body is too large to read and is left to that close.
     """
+    if status == 413:
+        return
     try:
         while request.stream.read(DISCARD_CHUNK_BYTES):
             pass
@@ -203,8 +205,7 @@ def _discard_unread_body() -> None:
 
 def _client_error(exc: ClientError) -> Response:
     g.error = exc.code
-    if exc.status != 413:
-        _discard_unread_body()
+    _discard_unread_body(exc.status)
     g.request_id = exc.request_id or g.get("request_id")
     response = _error_response(exc.status, exc.code, exc.message, g.request_id)
     if exc.status == 503:
@@ -214,8 +215,7 @@ def _client_error(exc: ClientError) -> Response:
 
 def _http_error(exc: HTTPException) -> Response:
     code = g.error = (exc.name or "error").lower().replace(" ", "_")
-    if exc.code != 413:
-        _discard_unread_body()
+    _discard_unread_body(exc.code or 500)
     response = _error_response(exc.code or 500, code, exc.description or exc.name or "error")
     for name, value in exc.get_headers():
         if name.lower() != "content-type":

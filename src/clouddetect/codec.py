@@ -20,6 +20,7 @@ Image.MAX_IMAGE_PIXELS = None
 # Browsers' FileReader.readAsDataURL() gives "data:image/png;base64,..."; clients may send it unchanged.
 _DATA_URL_PREFIX = re.compile(r"^data:[\w.+-]+/[\w.+-]+(;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
 _WHITESPACE = re.compile(r"\s+")
+_NOT_AN_IMAGE = '"image" does not decode as an image: send a whole JPEG, PNG, BMP, WebP, TIFF or GIF file'
 
 
 def decode_base64(text: str) -> bytes:
@@ -62,8 +63,6 @@ def decode_image(data: bytes, max_pixels: int = Settings.max_image_pixels) -> np
         raise NotAnImage(_NOT_AN_IMAGE)
     return image
 
-
-_NOT_AN_IMAGE = '"image" does not decode as an image: send a whole JPEG, PNG, BMP, WebP, TIFF or GIF file'
 
 
 def _header_size(data: bytes) -> tuple[int, int]:
