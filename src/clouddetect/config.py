@@ -43,7 +43,9 @@ class Settings:
     inference_threads: int = _setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
     winograd: bool = _setting(False, "OpenCV's Winograd convolutions: ~2x the memory for no speed on this model.")
     confidence_threshold: float = _setting(0.5, "Smallest class score reported.")
-    nms_threshold: float = _setting(0.4, "IoU above which overlapping boxes of one class are merged.")
+    nms_threshold: float = _setting(
+        0.4, "IoU above which the weaker of two overlapping boxes is dropped, whatever their classes."
+    )
     input_size_px: int = _setting(416, "Side of the square network input.")
     max_waiting_requests: int = _setting(
         192, "Requests per worker waiting for inference; past it the answer is 503 with Retry-After."
