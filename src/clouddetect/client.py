@@ -49,7 +49,7 @@ def wait_ready(
         try:
             if requests.get(base_url.rstrip("/") + "/readyz", timeout=poll_interval_s + 1).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # refused while binding, slow while loading
             pass
         time.sleep(poll_interval_s)
     raise TimeoutError(f"{base_url} did not turn ready within {timeout_s} s")
