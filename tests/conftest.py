@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,21 @@ def model_files(settings: Settings) -> ModelFiles:
 @pytest.fixture(scope="session")
 def detector(model_files: ModelFiles, settings: Settings) -> Detector:
     warm = Detector(model_files, settings)
+    warm.warm_up()
+    return warm
+
+
+@pytest.fixture(scope="session")
+def converted_model(model_files: ModelFiles) -> Path:
+    """The ONNX graph beside the Darknet files, converted (and checked) here if ``make setup`` has not yet."""
+    from clouddetect.darknet_onnx import convert
+
+    return convert(model_files)
+
+
+@pytest.fixture(scope="session")
+def openvino_detector(model_files: ModelFiles, settings: Settings, converted_model: Path) -> Detector:
+    warm = Detector(model_files, dataclasses.replace(settings, engine="openvino", precision="f32"))
     warm.warm_up()
     return warm
 

@@ -140,6 +140,11 @@ def test_not_ready_until_warmed_up(settings, model_files, images) -> None:
     assert post(client, request_body(images[0])).status_code == 200
 
 
+def test_readyz_says_which_engine_runs(client) -> None:
+    body = client.get("/readyz").get_json()
+    assert (body["engine"], body["precision"]) == ("opencv", "f32") and body["cpu_features"]
+
+
 def test_metrics_count_requests_by_status_and_time_them(client, images) -> None:
     post(client, request_body(images[0]))
     post(client, {"id": "bad", "image": "%%%"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import requests
 from clouddetect.codec import decode_image
 from clouddetect.contract import ENDPOINT, response_body
 from clouddetect.server import gunicorn_options
-from support import live_server, request_body
+from support import free_port, live_server, request_body
 
 pytestmark = pytest.mark.slow
 CONCURRENT_CLIENTS = 64
@@ -137,3 +138,42 @@ def test_serving_without_model_files_fails_fast_saying_what_to_run(tmp_path) -> 
     )
     assert result.returncode != 0
     assert "clouddetect model fetch" in result.stderr and "missing" in result.stderr
+
+
+def test_openvino_service_says_its_engine_and_answers_as_opencv(tmp_path, converted_model, detector, images) -> None:
+    with live_server(tmp_path, "--engine", "openvino") as running:
+        ready = requests.get(running.url + "/readyz", timeout=5).json()
+        assert (ready["engine"], ready["precision"]) == ("openvino", "f32")
+        assert "engine openvino, precision f32" in running.log()
+        for path in images[:4]:
+            answer = post(running.url, request_body(path, path.name)).json()
+            expected = response_body(path.name, detector.detect(decode_image(path.read_bytes())))
+            assert [o["rectangle"] for o in answer["objects"]] == [o["rectangle"] for o in expected["objects"]]
+
+
+def test_serving_openvino_without_the_converted_model_fails_fast_saying_what_to_run(tmp_path, model_files) -> None:
+    for source in (model_files.cfg, model_files.weights, model_files.names):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    result = subprocess.run(
+        [sys.executable, "-m", "clouddetect", "serve", "--port", "5999", "--model-dir", str(tmp_path),
+         "--engine", "openvino"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "clouddetect model convert" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_precision_the_cpu_lacks_is_refused_at_start(tmp_path, converted_model) -> None:
+    """A CPU without BF16, made with OpenVINO's and oneDNN's own caps (both must be set) on this one."""
+    capped = {**os.environ, "OV_CPU_MAX_ISA": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    probe = [sys.executable, "-c",
+             "from clouddetect.engines.openvino import cpu_capabilities; print(*cpu_capabilities())"]
+    if "BF16" in subprocess.run(probe, capture_output=True, text=True, env=capped, check=True).stdout.split():
+        pytest.skip("this OpenVINO does not honour OV_CPU_MAX_ISA")
+    result = subprocess.run(
+        [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(free_port()),
+         "--engine", "openvino", "--precision", "bf16"],
+        capture_output=True, text=True, timeout=60, env=capped,
+    )
+    assert result.returncode != 0
+    assert "precision bf16 is refused: this CPU does not run BF16 natively" in result.stderr

@@ -6,6 +6,7 @@ resized under a small semaphore (bounded memory for large photos), then waits fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -154,7 +155,8 @@ def healthz() -> Response:
 def readyz() -> tuple[Response, int]:
     service = _service()
     ready = service.detector.ready
-    body = jsonify(status="ready" if ready else "warming up", instance=service.settings.instance_name)
+    body = jsonify(status="ready" if ready else "warming up", instance=service.settings.instance_name,
+                   **dataclasses.asdict(service.detector.engine))
     return body, 200 if ready else 503
 
 

