@@ -7,18 +7,26 @@
 # ordered by how often they change: dependencies (pyproject.toml), then the model files (their checksums in
 # model_store.py), then the code, so a code-only change rebuilds a layer of a few hundred kilobytes.
 # Settings come from CLOUDDETECT_* environment variables (see src/clouddetect/config.py).
+#
+# ENGINE=openvino (`make image ENGINE=openvino`) adds the clouddetect[openvino] extra, converts the model to ONNX
+# at build time (checked against OpenCV's outputs) and makes openvino the engine; the converter's own packages
+# (onnx) are left out of the runtime, which only reads the result.
+ARG ENGINE=opencv
 
 # ---- deps: a venv holding the runtime dependencies named in pyproject.toml, and nothing of the project yet.
 FROM python:3.11-slim-bookworm AS deps
+ARG ENGINE
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
 # A venv, not the system site-packages: Debian's python refuses system-wide pip installs (PEP 668).
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml ./
-# Only [project].dependencies (no test, lab or load extras). Versions are ranges in pyproject.toml.
+# Only [project].dependencies and the engine's extra (no test, lab or load extras); versions are ranges in
+# pyproject.toml.
 # OpenCV's bundled Haar cascades (cv2/data, ~9 MB) are for face detection and never used here.
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+        print('\n'.join(p['dependencies'] + p['optional-dependencies'].get(sys.argv[1], [])))" "$ENGINE" \
         > requirements.txt \
     && pip install --no-cache-dir -r requirements.txt \
     && rm -rf /opt/venv/lib/python3.11/site-packages/cv2/data
@@ -34,14 +42,22 @@ COPY README.md ./
 COPY src ./src
 # --prefix lays the package out as a tree (lib/python3.11/site-packages, bin) that merges into the final venv.
 RUN pip install --no-cache-dir --no-deps --prefix /opt/package /build
+ARG ENGINE
+RUN if [ "$ENGINE" = openvino ]; then \
+        PYTHONPATH=/build/src python -m clouddetect model convert --model-dir /opt/model && chmod -R a+rX /opt/model; \
+    fi
 
-# ---- runtime-venv: the dependencies without the installers, which only the build needs.
+# ---- runtime-venv: the dependencies without the installers or the model converter, which only the build needs.
 FROM deps AS runtime-venv
-RUN pip uninstall --yes pip setuptools
+ARG ENGINE
+RUN if [ "$ENGINE" = openvino ]; then pip uninstall --yes onnx ml_dtypes protobuf; fi \
+    && pip uninstall --yes pip setuptools
 
 # ---- the image: base, venv, model, package; no compilers, no pip, no apt caches, not root.
 FROM python:3.11-slim-bookworm
-ENV PATH=/opt/venv/bin:$PATH \
+ARG ENGINE
+ENV CLOUDDETECT_ENGINE=$ENGINE \
+    PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     CLOUDDETECT_MODEL_DIR=/opt/clouddetect/model

@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_FAST := -m "not slow and not docker and not cluster and not browser"
-IMAGE ?= clouddetect:latest
+# `make image ENGINE=openvino` builds the image with the openvino engine, tagged as its kustomize overlay expects.
+ENGINE ?= opencv
+IMAGE ?= clouddetect:$(if $(filter opencv,$(ENGINE)),latest,$(ENGINE))
 
 .PHONY: setup run test test-fast bench image lint clean
 
@@ -29,12 +31,13 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
 	$(BIN)/python benchmarks/memory_under_load.py
+	$(BIN)/python benchmarks/engines.py
 
 # The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
 image:
 	scripts/docker-engine
 	scripts/base-image
-	docker build -t $(IMAGE) .
+	docker build --build-arg ENGINE=$(ENGINE) -t $(IMAGE) .
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks

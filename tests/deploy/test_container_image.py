@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "clouddetect:test"
 CODE_CHANGE_IMAGE = "clouddetect:test-code-change"
+OPENVINO_IMAGE = "clouddetect:test-openvino"
 BASE_IMAGE = "python:3.11-slim-bookworm"
 POD_LIMITS = ["--cpus", "0.5", "--memory", "512m"]
 READY_TIMEOUT_S = 120.0
@@ -52,13 +54,17 @@ def _without_accuracy(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "objects": [{k: v for k, v in o.items() if k != "accuracy"} for o in body["objects"]]}
 
 
+def make_image(tag: str, *variables: str) -> str:
+    started = time.monotonic()
+    subprocess.run(["make", "-C", str(ROOT), "image", f"IMAGE={tag}", *variables], check=True)
+    size = docker("image", "ls", "--format", "{{.Size}}", tag).stdout.strip()
+    print(f"\nmake image {' '.join(variables)}: {time.monotonic() - started:.1f} s; {tag} is {size} (docker image ls)")
+    return tag
+
+
 @pytest.fixture(scope="module")
 def image() -> str:
-    started = time.monotonic()
-    subprocess.run(["make", "-C", str(ROOT), "image", f"IMAGE={IMAGE}"], check=True)
-    size = docker("image", "ls", "--format", "{{.Size}}", IMAGE).stdout.strip()
-    print(f"\nmake image: {time.monotonic() - started:.1f} s; {IMAGE} is {size} (docker image ls)")
-    return IMAGE
+    return make_image(IMAGE)
 
 
 @dataclass
@@ -88,8 +94,8 @@ def wait_ready(container: Container) -> None:
     raise TimeoutError(f"not ready within {READY_TIMEOUT_S} s:\n{container.logs()}")
 
 
-@pytest.fixture(scope="module")
-def container(image: str) -> Iterator[Container]:
+@contextmanager
+def run_as_a_pod(image: str) -> Iterator[Container]:
     """The image as Kubernetes runs it: 0.5 CPU, 512 MiB, read-only root, a writable /tmp, published on loopback."""
     name = f"clouddetect-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -103,9 +109,13 @@ def container(image: str) -> Iterator[Container]:
         docker("rm", "--force", name, check=False)
 
 
-def test_image_answers_real_images_as_the_local_detector_does(
-    container: Container, images: list[Path], detector: Detector
-) -> None:
+@pytest.fixture(scope="module")
+def container(image: str) -> Iterator[Container]:
+    with run_as_a_pod(image) as running:
+        yield running
+
+
+def assert_answers_as_the_local_detector(container: Container, images: list[Path], detector: Detector) -> None:
     for path in images[:IMAGES_SENT]:
         body = request_body(path)
         answer = requests.post(container.url + ENDPOINT, json=body, timeout=REQUEST_TIMEOUT_S)
@@ -115,6 +125,25 @@ def test_image_answers_real_images_as_the_local_detector_does(
         assert _without_accuracy(answer.json()) == _without_accuracy(expected)
         for got, want in zip(answer.json()["objects"], expected["objects"], strict=True):
             assert got["accuracy"] == pytest.approx(want["accuracy"], abs=ACCURACY_TOLERANCE)
+
+
+def test_image_answers_real_images_as_the_local_detector_does(
+    container: Container, images: list[Path], detector: Detector
+) -> None:
+    assert_answers_as_the_local_detector(container, images, detector)
+
+
+def test_openvino_image_answers_as_opencv_does_under_a_pods_limits(images: list[Path], detector: Detector) -> None:
+    image = make_image(OPENVINO_IMAGE, "ENGINE=openvino")
+    try:
+        with run_as_a_pod(image) as container:
+            ready = requests.get(container.url + "/readyz", timeout=REQUEST_TIMEOUT_S).json()
+            assert (ready["engine"], ready["precision"]) == ("openvino", "f32")
+            assert_answers_as_the_local_detector(container, images, detector)
+            converter = docker("exec", container.name, "python", "-c", "import onnx", check=False)
+            assert converter.returncode != 0, "the converter's onnx package is left out of the runtime"
+    finally:
+        docker("rmi", image, check=False)
 
 
 def test_each_request_is_logged_with_the_instance_name(container: Container, images: list[Path]) -> None:
