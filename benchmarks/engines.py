@@ -2,7 +2,9 @@
 
 Prints, per engine/precision: the service's images/s over HTTP (the whole folder, a concurrent client outside
 the limit), its ratio to opencv/f32 measured in the same repeat, and the serving worker's peak RSS. The configs
-alternate, ``--repeats`` times, so drift of a shared machine falls on all of them. Then the agreement of each
+alternate, ``--repeats`` times, so drift of a shared machine falls on all of them. On a busy machine the cgroup
+may not even get its quota, so the server's CPU time per image is printed too, and what a full quota would serve
+with it: that ratio moves much less with the neighbours' load. Then the agreement of each
 with its reference on the folder (openvino/f32 with opencv, bf16 with openvino/f32): detections matched (same
 label, IoU >= 0.5), their mean IoU, the change of accuracy, and the images whose answers differ.
 """
@@ -41,19 +43,35 @@ def configs() -> list[tuple[str, str]]:
     return found
 
 
-def serve_rate(folder: Path, engine: str, precision: str, concurrency: int, port: int,
-               limit: CpuLimit) -> tuple[float, float]:
-    """Images/s of the whole service over HTTP after a warm-up pass, and the worker's peak RSS in MiB."""
+@dataclasses.dataclass(frozen=True)
+class Served:
+    images_per_s: float
+    cpu_s_per_image: float
+    peak_rss_mib: float
+
+
+def server_cpu_s(master_pid: int) -> float:
+    """CPU seconds (user + system) the server's processes have used so far."""
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    ticks = 0
+    for pid in [master_pid, *children]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def serve(folder: Path, engine: str, precision: str, concurrency: int, port: int, limit: CpuLimit) -> Served:
+    """The whole service over HTTP, after a warm-up pass."""
     url = f"http://127.0.0.1:{port}"
     flags = ("--engine", engine, "--precision", precision)
     with limited_server(limit, port, READY_TIMEOUT_S, *flags) as server:
         run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), server_cpu_s(server.pid)
         summary = run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
-        rate = summary.images / (time.perf_counter() - started)
+        elapsed_s, cpu_s = time.perf_counter() - started, server_cpu_s(server.pid) - cpu_started
         if summary.failed:
             raise RuntimeError(f"{engine}/{precision}: {summary.failed} requests failed")
-        return rate, worker_peak_rss_mib(server.pid)
+        return Served(summary.images / elapsed_s, cpu_s / summary.images, worker_peak_rss_mib(server.pid))
 
 
 def iou(a: Box, b: Box) -> float:
@@ -122,21 +140,29 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5097)
     args = parser.parse_args()
     chosen = configs()
-    rates: dict[tuple[str, str], list[float]] = {c: [] for c in chosen}
-    ratios: dict[tuple[str, str], list[float]] = {c: [] for c in chosen}
+    runs: dict[tuple[str, str], list[Served]] = {c: [] for c in chosen}
     with cpu_limit(args.cpus) as limit:
         print(f"machine: {os.cpu_count()} cores, OpenVINO CPU capabilities {' '.join(cpu_capabilities())}; "
               f"limit: {limit.description}; images: {args.images}; client concurrency: {args.concurrency}")
         for repeat in range(1, args.repeats + 1):
             for engine, precision in chosen:
-                rate, rss_mib = serve_rate(args.images, engine, precision, args.concurrency, args.port, limit)
-                rates[engine, precision].append(rate)
-                ratios[engine, precision].append(rate / rates[REFERENCE][-1])
-                print(f"repeat {repeat}: {engine}/{precision}: {rate:5.2f} images/s, "
-                      f"{ratios[engine, precision][-1]:.2f}x opencv, worker peak RSS {rss_mib:.1f} MiB", flush=True)
-    for config in chosen:
-        print(f"median {'/'.join(config)}: {statistics.median(rates[config]):5.2f} images/s, "
-              f"{statistics.median(ratios[config]):.2f}x opencv/f32 over {args.repeats} repeats")
+                served = serve(args.images, engine, precision, args.concurrency, args.port, limit)
+                runs[engine, precision].append(served)
+                reference = runs[REFERENCE][-1]
+                print(f"repeat {repeat}: {engine}/{precision}: {served.images_per_s:5.2f} images/s "
+                      f"({served.images_per_s / reference.images_per_s:.2f}x opencv); "
+                      f"{served.cpu_s_per_image * 1000:5.1f} CPU ms/image, {args.cpus / served.cpu_s_per_image:5.2f} "
+                      f"images/s at a full quota ({reference.cpu_s_per_image / served.cpu_s_per_image:.2f}x opencv); "
+                      f"worker peak RSS {served.peak_rss_mib:.1f} MiB", flush=True)
+    for config, served in runs.items():
+        reference = runs[REFERENCE]
+        wall = [s.images_per_s / r.images_per_s for s, r in zip(served, reference, strict=True)]
+        cpu = [r.cpu_s_per_image / s.cpu_s_per_image for s, r in zip(served, reference, strict=True)]
+        print(f"median {'/'.join(config)} over {args.repeats} repeats: "
+              f"{statistics.median(s.images_per_s for s in served):5.2f} images/s, {statistics.median(wall):.2f}x "
+              f"opencv/f32; at a full quota {statistics.median(args.cpus / s.cpu_s_per_image for s in served):5.2f} "
+              f"images/s, {statistics.median(cpu):.2f}x; worker peak RSS "
+              f"{max(s.peak_rss_mib for s in served):.1f} MiB")
     agreement(args.images)
 
 

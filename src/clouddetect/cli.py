@@ -1,4 +1,4 @@
-"""The ``clouddetect`` command: serve, detect, model fetch, client."""
+"""The ``clouddetect`` command: serve, detect, model fetch and convert, client."""
 
 from __future__ import annotations
 
