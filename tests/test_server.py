@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from clouddetect.answers import ENDPOINT
 from clouddetect.codec import decode_image
-from clouddetect.contract import ENDPOINT, response_body
+from clouddetect.contract import response_body
 from clouddetect.server import gunicorn_options
 from support import live_server, request_body
 
