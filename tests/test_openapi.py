@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from openapi_check import check, spec
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 from openapi_spec_validator import validate
 
 from clouddetect import errors
 from clouddetect.openapi import document
-from openapi_check import check, spec
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLE_ROW = re.compile(r"^\| (\d{3}(?: / \d{3})*) \| (`[a-z0-9_]+`.*?) \| .* \|$", re.M)
