@@ -204,6 +204,17 @@ def test_not_ready_until_warmed_up(settings, model_files, images) -> None:
     assert post(client, request_body(images[0])).status_code == 200
 
 
+def test_bodies_waiting_past_max_waiting_body_bytes_are_503(settings, detector, images) -> None:
+    payload = json.dumps(request_body(images[0], "late"))
+    bound = dataclasses.replace(settings, max_body_bytes=len(payload), max_waiting_body_bytes=len(payload) + 10)
+    app = create_app(bound, detector)
+    with app.extensions["clouddetect"].admission.slot(len(payload)):  # another request's body already waits
+        refused = app.test_client().post(ENDPOINT, data=payload, content_type="application/json")
+    assert_error(refused, 503, "overloaded")
+    assert "1 requests" in refused.get_json()["error"]["message"]
+    assert app.test_client().post(ENDPOINT, data=payload, content_type="application/json").status_code == 200
+
+
 def test_metrics_count_requests_by_status_and_time_them(client, images) -> None:
     post(client, request_body(images[0]))
     post(client, {"id": "bad", "image": "%%%"})
