@@ -8,7 +8,7 @@ IMAGE ?= clouddetect:latest
 
 .PHONY: setup run test test-fast bench image lint clean
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) $(BIN)/kubectl
 	$(BIN)/clouddetect model fetch
 
 $(INSTALLED): pyproject.toml
@@ -16,6 +16,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[lab,test]'
 	touch $@
+
+# The kubectl (and its kustomize) that renders deploy/k8s, pinned; see the script.
+$(BIN)/kubectl: scripts/kubectl-install | $(INSTALLED)
+	PYTHON=$(BIN)/python scripts/kubectl-install $(BIN)
 
 run: setup
 	$(BIN)/clouddetect serve
@@ -39,7 +43,7 @@ image:
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/shellcheck -x scripts/docker-engine scripts/base-image scripts/test-cluster $(filter-out %.md,$(wildcard deploy/cluster/*))
+	$(BIN)/shellcheck -x scripts/docker-engine scripts/base-image scripts/kubectl-install scripts/test-cluster $(filter-out %.md,$(wildcard deploy/cluster/*))
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache src/*.egg-info
