@@ -32,7 +32,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
-	$(BIN)/python benchmarks/memory_under_load.py
+	$(BIN)/python benchmarks/memory_under_load.py --variants winograd=true,malloc_arenas=16
 
 # The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
 image:

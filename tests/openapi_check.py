@@ -43,8 +43,14 @@ def check(openapi: OpenAPI, request: Any, response: Any, method: str, status: in
         assert error["code"] == UNDOCUMENTED[status] and isinstance(error["message"], str)
 
 
-class AnsweredRequest(WerkzeugOpenAPIRequest):
+class AnsweredWerkzeugRequest(WerkzeugOpenAPIRequest):
     """The request of an answer: its body was read by the app, and checking the answer needs only its route."""
+
+    body = None
+
+
+class AnsweredRequestsRequest(RequestsOpenAPIRequest):
+    """The same for ``requests``, whose body may have been a generator (a chunked upload)."""
 
     body = None
 
@@ -54,7 +60,7 @@ class CheckedClient(FlaskClient):
 
     def open(self, *args: Any, **kwargs: Any) -> Any:
         response = super().open(*args, **kwargs)
-        check(self.openapi, AnsweredRequest(response.request), WerkzeugOpenAPIResponse(response),
+        check(self.openapi, AnsweredWerkzeugRequest(response.request), WerkzeugOpenAPIResponse(response),
               response.request.method, response.status_code, response.get_data())
         return response
 
@@ -67,7 +73,7 @@ def checking_every_answer() -> Iterator[None]:
     def checked_send(session: requests.Session, prepared: requests.PreparedRequest, **kwargs: Any) -> Any:
         response = send(session, prepared, **kwargs)
         if not kwargs.get("stream"):
-            check(openapi, RequestsOpenAPIRequest(prepared), RequestsOpenAPIResponse(response),
+            check(openapi, AnsweredRequestsRequest(prepared), RequestsOpenAPIResponse(response),
                   prepared.method or "GET", response.status_code, response.content)
         return response
 

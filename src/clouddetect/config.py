@@ -41,7 +41,7 @@ class Settings:
     threads: int = _setting(256, "Request threads per worker; one request is served on one thread.")
     max_connections: int = _setting(1000, "Open connections per worker; more wait in the listen backlog.")
     inference_threads: int = _setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
-    winograd: bool = _setting(False, "OpenCV's Winograd convolutions: ~2x the memory for no speed on this model.")
+    winograd: bool = _setting(False, "OpenCV's Winograd convolutions: a worker's peak memory nearly doubles.")
     confidence_threshold: float = _setting(0.5, "Smallest class score reported.")
     nms_threshold: float = _setting(
         0.4, "IoU above which the weaker of two overlapping boxes is dropped, whatever their classes."
@@ -54,7 +54,7 @@ class Settings:
         128 * 1024 * 1024, "Bytes of request bodies waiting for inference per worker; past it the answer is 503."
     )
     malloc_arenas: int = _setting(
-        2, "glibc malloc arenas per worker; one per request thread would keep ~100 MiB more of freed memory."
+        2, "glibc malloc arenas per worker; glibc's own limit (8 per core) keeps more freed memory."
     )
     decode_slots: int = _setting(1, "Images decoded at once per worker; bounds the memory of large photos.")
     retry_after_s: int = _setting(1, "Retry-After sent with 503 answers.")
