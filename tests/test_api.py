@@ -23,6 +23,7 @@ from clouddetect.api import create_app
 from clouddetect.codec import decode_image
 from clouddetect.contract import response_body
 from clouddetect.detector import Detector, PreparedImage
+from clouddetect.openapi import document
 from support import request_body
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -79,10 +80,12 @@ def test_known_image_gives_person_elephant_and_horse(client, images) -> None:
     assert_known_answer(post(client, request_body(path)).get_json())
 
 
-def test_readme_shows_the_known_answer() -> None:
+def test_readme_and_the_openapi_document_show_the_known_answer() -> None:
     example = re.search(r"```json\n(\{\"id\".*?)```", README.read_text(), re.S)
     assert example, "README shows an answer"
     assert_known_answer(json.loads(example.group(1).replace("…", "")))
+    responses = document()["paths"][ENDPOINT]["post"]["responses"]
+    assert_known_answer(responses["200"]["content"]["application/json"]["examples"]["found"]["value"])
 
 
 def test_answer_is_the_detectors_finding(client, detector, images) -> None:
@@ -161,9 +164,10 @@ def test_truncated_image_is_400(client, images) -> None:
     assert_error(post(client, {"id": "r4", "image": truncated}), 400, "not_an_image", "r4")
 
 
-def test_oversized_body_is_413(settings, detector, images) -> None:
+@pytest.mark.parametrize("encode", [lambda p: p, json.dumps], ids=["object", "encoded-twice"])
+def test_oversized_body_is_413(settings, detector, images, encode) -> None:
     small = create_app(dataclasses.replace(settings, max_body_bytes=10_000), detector).test_client()
-    assert_error(post(small, request_body(images[0])), 413, "body_too_large")
+    assert_error(post(small, encode(request_body(images[0]))), 413, "body_too_large")
 
 
 def test_wrong_method_is_405(client) -> None:
