@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from openapi_check import SERVICE_SERVER
 
 from support import LiveServer, request_body
 
@@ -62,3 +63,8 @@ def test_schemathesis_finds_nothing(server: LiveServer, images: list[Path], tmp_
     assert summary["operations"]["tested"] == len(document["paths"])
     assert summary["phases"]["examples"]["status"] == "success"
     assert f"request id=example-{images[0].stem} status=200" in server.log(), "the real images were detected"
+
+
+def test_live_server_answers_are_the_ones_checked_against_the_document(server: LiveServer) -> None:
+    answer = requests.get(server.url + "/healthz", timeout=REQUEST_TIMEOUT_S)
+    assert answer.headers["Server"].startswith(SERVICE_SERVER), "tests/openapi_check.py would skip this answer"
