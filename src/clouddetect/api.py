@@ -65,6 +65,7 @@ class DetectionPipeline:
         payload = request_object(_json_body())
         g.request_id = request_id_of(payload)
         data = image_bytes_of(payload)
+        del payload  # its base64 text is not kept while the request waits for a decode slot
         with self.decode_slots:
             return self.detector.prepare(decode_image(data, self.settings.max_image_pixels))
 
