@@ -24,7 +24,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from clouddetect.lab.relay import DelayRelay, RelaySettings, loopback_route
@@ -235,9 +235,6 @@ class SimulatedLink:
         return (f"namespace {self.settings.name} ({self.remote_address}) -> host {self.host_address}: "
                 f"{self.settings.rtt_ms:g} ms round trip, {self.settings.bandwidth_mbit:g} Mbit/s each way; "
                 f"this host's loopback services are at {self.host_address}:PORT")
-
-    def summary(self) -> dict[str, Any]:
-        return {**asdict(self.settings), "host_address": self.host_address, "remote_address": self.remote_address}
 
 
 def remove(namespace: str, stop_timeout_s: float, shell: Shell) -> list[str]:
