@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from clouddetect.images import default_folder, image_files
+from clouddetect.lab.bundle import bundle_command
 from clouddetect.lab.experiment import Plan, Runner
 from clouddetect.lab.link import client_link_conditions
 from clouddetect.lab.link_cli import link
@@ -128,6 +129,7 @@ def _platform(options: dict[str, Any], pods: int) -> Platform:
 
 
 lab.add_command(link)
+lab.add_command(bundle_command)
 
 
 @lab.command("report")
