@@ -24,9 +24,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from clouddetect.config import settings_values
 from clouddetect.lab.relay import DelayRelay, RelaySettings, loopback_route
 
 # Set for a command run in the namespace: the link's conditions (JSON), which `lab run` records, and the host's
@@ -76,14 +77,7 @@ class LinkSettings:
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> LinkSettings:
         """Defaults, then ``CLOUDDETECT_LINK_<NAME>`` environment variables, then the given overrides."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(SETTINGS_ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = {"float": float, "int": int, "str": str}[str(f.type)](raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**settings_values(cls, SETTINGS_ENV_PREFIX, environ, overrides))
 
     @property
     def bandwidth_delay_bytes(self) -> int:
