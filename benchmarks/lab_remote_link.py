@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--hold-s", type=float, default=20.0)
     parser.add_argument("--rtt-ms", type=float, default=LinkSettings.rtt_ms)
     parser.add_argument("--bandwidth-mbit", type=float, default=LinkSettings.bandwidth_mbit)
-    parser.add_argument("--narrow-bandwidth-mbit", type=float, default=5.0)
+    parser.add_argument("--narrow-bandwidth-mbit", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     host = str(next(ipaddress.ip_network(LinkSettings.subnet).hosts()))
