@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,19 @@ def test_link_comes_up_shaped_and_goes_away_without_leftovers() -> None:
         assert f"-j {names.chain}" in output("iptables", "-t", "nat", "-S", "PREROUTING")
         left_running = subprocess.Popen(link.command(["sleep", "600"]))
     assert left_running.wait(timeout=30) < 0  # stopped by a signal when the link went away
+    assert_nothing_left(settings)
+
+
+def test_link_run_stopped_with_sigterm_stops_its_command_and_removes_the_link() -> None:
+    settings = settings_for("sigterm", 4)
+    wrapper = subprocess.Popen([sys.executable, "-m", "clouddetect", "lab", "link", "run", "--name", settings.name,
+                                "--subnet", settings.subnet, "--", "sleep", "600"], stderr=subprocess.PIPE, text=True)
+    assert wrapper.stderr is not None
+    assert "link up" in wrapper.stderr.readline()
+    [sleeper] = output("ip", "netns", "pids", settings.name).split()
+    wrapper.terminate()
+    assert wrapper.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not Path(f"/proc/{sleeper}").exists()
     assert_nothing_left(settings)
 
 

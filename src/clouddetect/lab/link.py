@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from clouddetect.config import settings_values
@@ -268,8 +269,9 @@ def _stop_processes(pids: list[int], timeout_s: float) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running, not a zombie (a child of ours that ended is a zombie until it is waited for)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import fields
@@ -53,10 +54,11 @@ def run(command: tuple[str, ...], verbose: bool, **overrides: Any) -> None:
     """
     settings = _settings(overrides)
     echo = click.echo if verbose else _quiet
+    # SIGTERM leaves through the `with` below, which stops what still runs in the namespace and removes the link.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        with SimulatedLink(settings, echo) as simulated, subprocess.Popen(
-            simulated.command(list(command)), env={**os.environ, **simulated.environment()}
-        ) as process:
+        with SimulatedLink(settings, echo) as simulated:
+            process = subprocess.Popen(simulated.command(list(command)), env={**os.environ, **simulated.environment()})
             click.echo(f"link up: {simulated.describe()}", err=True)
             try:
                 code = process.wait()
@@ -103,3 +105,7 @@ def remove_command(name: str, command_timeout_s: float, stop_timeout_s: float) -
 
 def _quiet(_line: str) -> None:
     pass
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
