@@ -14,7 +14,7 @@ from contextlib import contextmanager, suppress
 
 import pytest
 
-from clouddetect.lab.linkprobe import ECHO, probe_server
+from clouddetect.lab.linkprobe import ECHO, UPLOAD, UPLOAD_REPORT, probe_server
 from clouddetect.lab.relay import DelayRelay, RelaySettings, fixed_route
 from support import free_port
 
@@ -109,3 +109,15 @@ def test_a_connection_past_max_connections_waits_for_a_free_slot() -> None:
             first.close()
             second.settimeout(TIMEOUT_S)
             assert second.recv(1) == b"x"
+
+
+def test_a_connection_holds_at_most_buffer_bytes_each_way_so_a_round_trip_caps_its_rate() -> None:
+    # 64 KiB in flight per 50 ms one way: at most ~1.3 MB/s however fast loopback is.
+    buffer_bytes, rtt_ms = 64 * 1024, 100.0
+    settings = relay_settings(rtt_ms=rtt_ms, buffer_bytes=buffer_bytes, read_bytes=16 * 1024)
+    with probe_server() as port, relay_to(port, settings) as relay, connect(relay) as sock:
+        sock.sendall(UPLOAD + bytes(2 * 1024 * 1024))
+        sock.shutdown(socket.SHUT_WR)
+        counted, seconds = UPLOAD_REPORT.unpack(sock.recv(UPLOAD_REPORT.size, socket.MSG_WAITALL))
+    ceiling = buffer_bytes / (rtt_ms / 2000)
+    assert ceiling * 0.5 < counted / seconds <= ceiling * 1.1

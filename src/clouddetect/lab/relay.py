@@ -15,6 +15,7 @@ import asyncio
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -127,19 +128,18 @@ class DelayRelay:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, usable_at: float) -> None:
         """Forward ``reader`` to ``writer`` with the one-way delay; end of stream is forwarded as a half-close."""
         loop = asyncio.get_running_loop()
-        waiting: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(
-            maxsize=max(1, self.settings.buffer_bytes // self.settings.read_bytes))
+        line = DelayLine(self.settings.buffer_bytes, self.settings.one_way_s, usable_at)
 
         async def receive() -> None:
             while True:
                 chunk = await reader.read(self.settings.read_bytes)
-                await waiting.put((max(loop.time(), usable_at) + self.settings.one_way_s, chunk))
+                await line.put(chunk)
                 if not chunk:
                     return
 
         async def send() -> None:
             while True:
-                due, chunk = await waiting.get()
+                due, chunk = await line.first()
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 if not chunk:
                     if writer.can_write_eof():
@@ -147,10 +147,46 @@ class DelayRelay:
                     return
                 writer.write(chunk)
                 await writer.drain()
+                await line.release()
 
         async with asyncio.TaskGroup() as directions:
             directions.create_task(receive())
             directions.create_task(send())
+
+
+class DelayLine:
+    """Chunks waiting for their time, first in first out: at most ``capacity_bytes`` held (one chunk always fits),
+    counting the chunk being sent until it is written. A chunk is due ``delay_s`` after it found room in the line,
+    and not before ``not_before_s + delay_s`` (loop time)."""
+
+    def __init__(self, capacity_bytes: int, delay_s: float, not_before_s: float):
+        self.capacity_bytes = capacity_bytes
+        self.delay_s = delay_s
+        self.not_before_s = not_before_s
+        self.held_bytes = 0
+        self._chunks: deque[tuple[float, bytes]] = deque()
+        self._changed = asyncio.Condition()
+
+    async def put(self, chunk: bytes) -> None:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: not self._chunks or self.held_bytes + len(chunk) <= self.capacity_bytes)
+            due = max(asyncio.get_running_loop().time(), self.not_before_s) + self.delay_s
+            self._chunks.append((due, chunk))
+            self.held_bytes += len(chunk)
+            self._changed.notify_all()
+
+    async def first(self) -> tuple[float, bytes]:
+        """The oldest chunk, left in the line until ``release``."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._chunks))
+            return self._chunks[0]
+
+    async def release(self) -> None:
+        async with self._changed:
+            _due, chunk = self._chunks.popleft()
+            self.held_bytes -= len(chunk)
+            self._changed.notify_all()
 
 
 def loopback_route(host_address: str, relay_port: Callable[[], int]) -> Route:
@@ -173,4 +209,3 @@ def loopback_route(host_address: str, relay_port: Callable[[], int]) -> Route:
 def fixed_route(target: Address) -> Route:
     """Every connection goes to ``target`` (a relay without iptables, e.g. in front of one server)."""
     return lambda _sock: target
-
