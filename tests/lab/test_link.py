@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from support import live_server
 pytestmark = pytest.mark.slow
 POD_NAME = "remote-test-pod"
 COMMAND_TIMEOUT_S = 300.0
+NAMESPACE_ENTRY_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,6 +44,15 @@ def output(*command: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
+def wait_until_in_namespace(namespace: str, pid: int | None = None) -> list[str]:
+    """The processes in ``namespace`` once ``pid`` (or any) is among them: ``ip netns exec`` enters a moment late."""
+    deadline = time.monotonic() + NAMESPACE_ENTRY_TIMEOUT_S
+    while not (pids := output("ip", "netns", "pids", namespace).split()) or (pid and str(pid) not in pids):
+        assert time.monotonic() < deadline, f"no process entered {namespace}"
+        time.sleep(0.05)
+    return pids
+
+
 def assert_nothing_left(settings: LinkSettings) -> None:
     names = Names(settings.name)
     assert settings.name not in output("ip", "netns", "list").split()
@@ -60,6 +71,7 @@ def test_link_comes_up_shaped_and_goes_away_without_leftovers() -> None:
         assert f"inet {link.remote_address}/30" in output("ip", "-n", settings.name, "addr", "show")
         assert f"-j {names.chain}" in output("iptables", "-t", "nat", "-S", "PREROUTING")
         left_running = subprocess.Popen(link.command(["sleep", "600"]))
+        wait_until_in_namespace(settings.name, left_running.pid)
     assert left_running.wait(timeout=30) < 0  # stopped by a signal when the link went away
     assert_nothing_left(settings)
 
@@ -70,7 +82,7 @@ def test_link_run_stopped_with_sigterm_stops_its_command_and_removes_the_link() 
                                 "--subnet", settings.subnet, "--", "sleep", "600"], stderr=subprocess.PIPE, text=True)
     assert wrapper.stderr is not None
     assert "link up" in wrapper.stderr.readline()
-    [sleeper] = output("ip", "netns", "pids", settings.name).split()
+    [sleeper] = wait_until_in_namespace(settings.name)
     wrapper.terminate()
     assert wrapper.wait(timeout=60) == 128 + signal.SIGTERM
     assert not Path(f"/proc/{sleeper}").exists()
