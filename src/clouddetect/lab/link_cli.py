@@ -15,7 +15,6 @@ from clouddetect.lab.link import SETTINGS_ENV_PREFIX, LinkError, LinkSettings, S
 from clouddetect.lab.linkprobe import ProbeSettings, measure
 
 _CLICK_TYPES = {"float": float, "int": int, "str": str}
-INTERRUPTED_EXIT_CODE = 130
 
 
 def link_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,7 +52,7 @@ def run(command: tuple[str, ...], verbose: bool, **overrides: Any) -> None:
       clouddetect lab link run -- clouddetect lab run --client-location remote --url http://10.213.0.1:5000
     """
     settings = _settings(overrides)
-    echo = click.echo if verbose else _quiet
+    echo = _to_stderr if verbose else _quiet
     # SIGTERM leaves through the `with` below, which stops what still runs in the namespace and removes the link.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
@@ -67,7 +66,7 @@ def run(command: tuple[str, ...], verbose: bool, **overrides: Any) -> None:
     except LinkError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"link {settings.name} removed", err=True)
-    raise SystemExit(code if code >= 0 else INTERRUPTED_EXIT_CODE)
+    raise SystemExit(code if code >= 0 else 128 - code)  # killed by signal N: 128 + N, as a shell says
 
 
 @link.command("measure")
@@ -105,6 +104,10 @@ def remove_command(name: str, command_timeout_s: float, stop_timeout_s: float) -
 
 def _quiet(_line: str) -> None:
     pass
+
+
+def _to_stderr(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
