@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_FAST := -m "not slow and not docker and not cluster and not browser"
 IMAGE ?= clouddetect:latest
 
-.PHONY: setup run test test-fast bench image lint clean
+.PHONY: setup run test test-fast bench image lint dist clean
 
 setup: $(INSTALLED) $(BIN)/kubectl
 	$(BIN)/clouddetect model fetch
@@ -44,6 +44,12 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/shellcheck -x scripts/docker-engine scripts/base-image scripts/kubectl-install scripts/test-cluster $(filter-out %.md,$(wildcard deploy/cluster/*))
+
+# The submission zip: make dist REPORT_PDF=path/report.pdf SERVICE_URL=http://NODE:30500 [VIDEO_URL=...]
+DIST_ZIP ?= dist/clouddetect-submission.zip
+dist: $(INSTALLED)
+	$(BIN)/clouddetect lab bundle --report-pdf "$(REPORT_PDF)" --service-url "$(SERVICE_URL)" \
+		$(if $(VIDEO_URL),--video-url "$(VIDEO_URL)") --out "$(DIST_ZIP)"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache src/*.egg-info

@@ -73,14 +73,7 @@ class Settings:
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then environment variables, then the given overrides (None means not given)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.type, raw, f.name)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return dataclasses.replace(cls(), **values)
+        return dataclasses.replace(cls(), **settings_values(cls, ENV_PREFIX, environ, overrides))
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads", "max_connections", "inference_threads", "input_size_px",
@@ -98,12 +91,25 @@ class Settings:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
 
 
-def _parse(type_name: Any, raw: str, name: str) -> Any:
+def settings_values(cls: type, prefix: str, environ: Mapping[str, str] | None,
+                    overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A settings dataclass's values from ``<prefix><NAME>`` environment variables, then overrides (None: not given)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        raw = env.get(prefix + f.name.upper())
+        if raw is not None:
+            values[f.name] = _parse(f.type, raw, prefix + f.name.upper())
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def _parse(type_name: Any, raw: str, variable: str) -> Any:
     kind = {"int": int, "float": float, "Path": Path, "str": str, "bool": _parse_bool}[str(type_name)]
     try:
         return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+        raise ValueError(f"{variable}={raw!r}: {exc}") from None
 
 
 def _parse_bool(raw: str) -> bool:
