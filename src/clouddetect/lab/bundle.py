@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from clouddetect.contract import ENDPOINT
+from clouddetect.answers import ENDPOINT
 
 # What the zip holds from the checkout (folders end in "/"), with what each is for; ReadMe.txt lists them so.
 BUNDLED = {
