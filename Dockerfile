@@ -53,7 +53,7 @@ ARG ENGINE
 RUN if [ "$ENGINE" = openvino ]; then pip uninstall --yes onnx ml_dtypes protobuf; fi \
     && pip uninstall --yes pip setuptools
 
-# ---- the image: base, venv, model, package; no compilers, no pip, no apt caches, not root.
+# ---- the image: base, venv, model, package; no compilers, no apt caches, no pip in the venv, not root.
 FROM python:3.11-slim-bookworm
 ARG ENGINE
 ENV CLOUDDETECT_ENGINE=$ENGINE \

@@ -63,8 +63,8 @@ def server_cpu_s(master_pid: int) -> float:
 def serve(folder: Path, engine: str, precision: str, concurrency: int, port: int, limit: CpuLimit) -> Served:
     """The whole service over HTTP, after a warm-up pass."""
     url = f"http://127.0.0.1:{port}"
-    flags = ("--engine", engine, "--precision", precision)
-    with limited_server(limit, port, READY_TIMEOUT_S, *flags) as server:
+    settings_env = {"CLOUDDETECT_ENGINE": engine, "CLOUDDETECT_PRECISION": precision}
+    with limited_server(limit, port, READY_TIMEOUT_S, settings_env) as server:
         run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
         started, cpu_started = time.perf_counter(), server_cpu_s(server.pid)
         summary = run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)

@@ -38,7 +38,7 @@ def test_model_fetch_from_a_folder(tmp_path: Path, model_files) -> None:
     result = clouddetect("model", "fetch", "--from", str(model_files.cfg.parent), "--model-dir", str(tmp_path / "m"))
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout
-    assert "converted, checked against OpenCV's outputs" in result.stdout
+    assert "converted from the Darknet files, checked against OpenCV's outputs" in result.stdout
     assert (tmp_path / "m" / "yolov3-tiny.onnx").is_file() and (tmp_path / "m" / "yolov3-tiny.onnx.sha256").is_file()
 
 

@@ -18,7 +18,7 @@ from clouddetect.contract import response_body
 from clouddetect.engines import EngineError
 from clouddetect.errors import ClientError
 from clouddetect.lab.cli import lab
-from clouddetect.model_store import ModelError, ModelFiles, fetch, locate
+from clouddetect.model_store import ModelError, ModelFiles, fetch, locate, record_path
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
 DETECTION_SETTINGS = (
@@ -140,7 +140,8 @@ def convert_to_onnx(files: ModelFiles) -> None:
         path = convert(files)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{path.name} converted, checked against OpenCV's outputs and its SHA-256 recorded")
+    click.echo(f"{path.name} in place: converted from the Darknet files, checked against OpenCV's outputs, SHA-256 "
+               f"recorded in {record_path(path).name}")
 
 
 @main.command("client")
