@@ -10,6 +10,7 @@ import click
 
 from clouddetect.images import default_folder, image_files
 from clouddetect.lab.experiment import Plan, Runner
+from clouddetect.lab.faults import faults
 from clouddetect.lab.load import LoadError, LoadSettings
 from clouddetect.lab.platform import FixedUrl, Kubernetes, Platform, PlatformError
 from clouddetect.lab.results import Experiment, ExperimentError
@@ -35,6 +36,9 @@ def _pod_counts(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.group()
 def lab() -> None:
     """Capacity experiments: how many users each pod count carries without a failed request."""
+
+
+lab.add_command(faults)
 
 
 @lab.command("run")
