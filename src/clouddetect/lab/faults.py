@@ -28,9 +28,10 @@ import requests
 
 from clouddetect.contract import ENDPOINT
 from clouddetect.images import default_folder, encode_file, image_files
-from clouddetect.lab.platform import PlatformError, is_serving, poll
+from clouddetect.lab.platform import Kubernetes, PlatformError, is_serving, poll
 
 FAULTS = ("pod-delete", "rollout-restart", "node-loss")
+POD_PORT = 5000  # the pods' own port; faults read nothing from pods directly
 
 
 @dataclass(frozen=True)
@@ -101,39 +102,29 @@ class LoadLoop:
             self.outcomes.append(Outcome(started, self.clock(), error))
 
 
-class Cluster:
-    """The Deployment, its pods and the Service's endpoints, read through the API server."""
+class Cluster(Kubernetes):
+    """The lab's Deployment on Kubernetes, and what a fault needs besides: endpoints by node, a pod deleted, a
+    rolling restart."""
 
-    def __init__(self, namespace: str, deployment: str, service: str, kubeconfig: str | None):
-        from kubernetes import client, config  # only the lab's Kubernetes parts need the client
-
-        try:
-            config.load_kube_config(config_file=kubeconfig)
-        except (config.ConfigException, OSError) as exc:
-            raise PlatformError(f"no usable kubeconfig: {exc}") from None
-        self.apps = client.AppsV1Api()
-        self.core = client.CoreV1Api()
-        self.namespace = namespace
-        self.deployment = deployment
-        self.service = service
+    def __init__(self, namespace: str, deployment: str, service: str, kubeconfig: str | None,
+                 recovery_timeout_s: float, poll_interval_s: float):
+        super().__init__(namespace, deployment, service, None, POD_PORT, recovery_timeout_s, poll_interval_s,
+                         kubeconfig)
 
     def replicas(self) -> int:
         return self.apps.read_namespaced_deployment(self.deployment, self.namespace).spec.replicas
 
-    def pods(self) -> list[Any]:
-        spec = self.apps.read_namespaced_deployment(self.deployment, self.namespace).spec
-        selector = ",".join(f"{k}={v}" for k, v in sorted(spec.selector.match_labels.items()))
-        return self.core.list_namespaced_pod(self.namespace, label_selector=selector).items
-
     def sample(self, at_s: float) -> Sample:
-        pods = self.pods()
-        serving = [p for p in pods if is_serving(p)]
+        serving = [p for p in self._listed_pods() if is_serving(p)]
         endpoints = self.core.read_namespaced_endpoints(self.service, self.namespace)
         endpoint_nodes: Counter[str] = Counter()
         for subset in endpoints.subsets or []:
             for address in subset.addresses or []:
                 endpoint_nodes[address.node_name or "?"] += 1
         return Sample(at_s, len(serving), dict(Counter(p.spec.node_name for p in serving)), dict(endpoint_nodes))
+
+    def pods_on(self, node: str) -> int:
+        return sum(1 for p in self._listed_pods() if p.spec.node_name == node)
 
     def delete_pod(self, name: str) -> None:
         self.core.delete_namespaced_pod(name, self.namespace)
@@ -210,7 +201,7 @@ def rate(outcomes: list[Outcome], from_s: float, to_s: float) -> float:
 def inject(fault: str, cluster: Cluster, node: str | None, stop_node_command: str | None) -> dict[str, Any]:
     """Injects the fault; returns what was hit."""
     if fault == "pod-delete":
-        victim = sorted(p.metadata.name for p in cluster.pods() if is_serving(p))[0]
+        victim = cluster.pods()[0]
         cluster.delete_pod(victim)
         return {"pod": victim}
     if fault == "rollout-restart":
@@ -222,7 +213,7 @@ def inject(fault: str, cluster: Cluster, node: str | None, stop_node_command: st
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise PlatformError(f"{shlex.join(command)} failed: {done.stderr.strip()}")
-    return {"node": node, "pods_on_node": sum(1 for p in cluster.pods() if p.spec.node_name == node)}
+    return {"node": node, "pods_on_node": cluster.pods_on(node)}
 
 
 def recovered(fault: str, cluster: Cluster, timeline: Timeline, fault_at_s: float, node: str | None) -> bool | None:
@@ -301,7 +292,8 @@ def faults(fault: str, **options: Any) -> None:
     settings = FaultSettings(options["users"], options["before_s"], options["after_s"], options["recovery_timeout_s"],
                              options["request_timeout_s"], options["poll_interval_s"])
     try:
-        cluster = Cluster(options["namespace"], options["deployment"], options["service"], options["kubeconfig"])
+        cluster = Cluster(options["namespace"], options["deployment"], options["service"], options["kubeconfig"],
+                          settings.recovery_timeout_s, settings.poll_interval_s)
         run_fault(fault, options["service_url"], options["images"] or default_folder(), cluster, settings,
                   options["out"], click.echo, options["node"], options["stop_node_command"])
     except PlatformError as exc:
