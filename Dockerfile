@@ -39,7 +39,7 @@ RUN pip install --no-cache-dir --no-deps --prefix /opt/package /build
 FROM deps AS runtime-venv
 RUN pip uninstall --yes pip setuptools
 
-# ---- the image: base, venv, model, package; no compilers, no pip, no apt caches, not root.
+# ---- the image: base, venv, model, package; no compilers, no apt caches, no pip in the venv, not root.
 FROM python:3.11-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

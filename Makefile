@@ -6,9 +6,9 @@ INSTALLED := $(VENV)/.installed
 PYTEST_FAST := -m "not slow and not docker and not cluster and not browser"
 IMAGE ?= clouddetect:latest
 
-.PHONY: setup run test test-fast bench image lint clean
+.PHONY: setup run test test-fast bench image lint dist clean
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) $(BIN)/kubectl
 	$(BIN)/clouddetect model fetch
 
 $(INSTALLED): pyproject.toml
@@ -16,6 +16,10 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[lab,test]'
 	touch $@
+
+# The kubectl (and its kustomize) that renders deploy/k8s, pinned; see the script.
+$(BIN)/kubectl: scripts/kubectl-install | $(INSTALLED)
+	PYTHON=$(BIN)/python scripts/kubectl-install $(BIN)
 
 run: setup
 	$(BIN)/clouddetect serve
@@ -28,7 +32,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
-	$(BIN)/python benchmarks/memory_under_load.py
+	$(BIN)/python benchmarks/memory_under_load.py --variants winograd=true,malloc_arenas=16
 
 # The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
 image:
@@ -39,7 +43,13 @@ image:
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/shellcheck -x scripts/docker-engine scripts/base-image scripts/test-cluster $(filter-out %.md,$(wildcard deploy/cluster/*))
+	$(BIN)/shellcheck -x scripts/docker-engine scripts/base-image scripts/kubectl-install scripts/test-cluster $(filter-out %.md,$(wildcard deploy/cluster/*))
+
+# The submission zip: make dist REPORT_PDF=path/report.pdf SERVICE_URL=http://NODE:30500 [VIDEO_URL=...]
+DIST_ZIP ?= dist/clouddetect-submission.zip
+dist: $(INSTALLED)
+	$(BIN)/clouddetect lab bundle --report-pdf "$(REPORT_PDF)" --service-url "$(SERVICE_URL)" \
+		$(if $(VIDEO_URL),--video-url "$(VIDEO_URL)") --out "$(DIST_ZIP)"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache src/*.egg-info

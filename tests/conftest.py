@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from openapi_check import checking_every_answer
 
 from clouddetect.api import create_app
 from clouddetect.config import Settings
@@ -19,6 +20,12 @@ from support import LiveServer, free_port, live_server, request_body  # noqa: F4
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = Path(os.environ.get("CLOUDDETECT_IMAGES", ROOT.parent / "shared" / "datasets" / "inputfolder"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def answers_keep_the_openapi_document() -> Iterator[None]:
+    with checking_every_answer():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -4,20 +4,37 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
+import logging
+import re
 import struct
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from flask.testing import FlaskClient
+from PIL import Image
 
+from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.api import create_app
 from clouddetect.codec import decode_image
-from clouddetect.contract import ENDPOINT, response_body, response_problem
-from clouddetect.detector import Detector
+from clouddetect.contract import response_body
+from clouddetect.detector import Detector, PreparedImage
+from clouddetect.openapi import document
 from support import request_body
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+KNOWN_IMAGE = "000000012807.jpg"
+# What the service finds in KNOWN_IMAGE: (label, accuracy, [left, top, width, height]).
+KNOWN_OBJECTS = [
+    ("person", 0.953, [297, 225, 140, 255]),
+    ("elephant", 0.918, [0, 212, 220, 224]),
+    ("horse", 0.692, [385, 233, 97, 166]),
+]
+ACCURACY_SHOWN_TO = 5e-4  # README and the pinned answer show accuracies to three decimals
 
 
 def post(client: FlaskClient, payload: object, **kwargs):
@@ -44,10 +61,52 @@ def test_detection_answer_keeps_the_contract(client, images) -> None:
     assert isinstance(first["accuracy"], float) and isinstance(first["rectangle"]["left"], int)
 
 
+def known_objects(body: dict) -> list[tuple[str, float, list[int]]]:
+    return [
+        (o["label"], o["accuracy"], [o["rectangle"][k] for k in ("left", "top", "width", "height")])
+        for o in body["objects"]
+    ]
+
+
+def assert_known_answer(body: dict) -> None:
+    found = known_objects(body)
+    assert [(label, box) for label, _, box in found] == [(label, box) for label, _, box in KNOWN_OBJECTS]
+    for (_, accuracy, _), (_, expected, _) in zip(found, KNOWN_OBJECTS, strict=True):
+        assert abs(accuracy - expected) <= ACCURACY_SHOWN_TO
+
+
+def test_known_image_gives_person_elephant_and_horse(client, images) -> None:
+    (path,) = [p for p in images if p.name == KNOWN_IMAGE]
+    assert_known_answer(post(client, request_body(path)).get_json())
+
+
+def test_readme_and_the_openapi_document_show_the_known_answer() -> None:
+    example = re.search(r"```json\n(\{\"id\".*?)```", README.read_text(), re.S)
+    assert example, "README shows an answer"
+    assert_known_answer(json.loads(example.group(1).replace("…", "")))
+    responses = document()["paths"][ENDPOINT]["post"]["responses"]
+    assert_known_answer(responses["200"]["content"]["application/json"]["examples"]["found"]["value"])
+
+
 def test_answer_is_the_detectors_finding(client, detector, images) -> None:
     payload = request_body(images[2])
     expected = response_body(payload["id"], detector.detect(decode_image(images[2].read_bytes())))
     assert post(client, payload).get_json() == json.loads(json.dumps(expected))
+
+
+def test_object_sent_as_a_json_string_gets_the_same_answer(client, images) -> None:
+    """``requests.post(url, json=json.dumps(data))`` encodes the request twice: the body is a JSON string."""
+    payload = request_body(images[1], "encoded-twice")
+    twice = post(client, json.dumps(payload))
+    assert twice.status_code == 200 and twice.is_json
+    assert twice.get_json() == post(client, payload).get_json()
+
+
+@pytest.mark.parametrize("inner", ["not json", "[1, 2]", '"{}"', "3"])
+def test_json_string_that_is_not_an_object_inside_is_400(client, inner) -> None:
+    response = post(client, inner)
+    assert_error(response, 400, "invalid_field")
+    assert response.get_json()["error"]["message"] == post(client, [1]).get_json()["error"]["message"]
 
 
 def test_data_url_prefix_is_accepted(client, images) -> None:
@@ -61,6 +120,14 @@ def test_png_with_nothing_in_it_gives_empty_objects(client) -> None:
     response = post(client, {"id": "blank", "image": base64.b64encode(png.tobytes()).decode()})
     assert response.status_code == 200
     assert response.get_json() == {"id": "blank", "objects": []}
+
+
+def test_gif_is_accepted(client, images) -> None:
+    gif = io.BytesIO()
+    Image.open(images[1]).save(gif, format="GIF")
+    response = post(client, {"id": "gif", "image": base64.b64encode(gif.getvalue()).decode()})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["objects"]
 
 
 def test_malformed_json_is_400(client) -> None:
@@ -97,9 +164,10 @@ def test_truncated_image_is_400(client, images) -> None:
     assert_error(post(client, {"id": "r4", "image": truncated}), 400, "not_an_image", "r4")
 
 
-def test_oversized_body_is_413(settings, detector, images) -> None:
+@pytest.mark.parametrize("encode", [lambda p: p, json.dumps], ids=["object", "encoded-twice"])
+def test_oversized_body_is_413(settings, detector, images, encode) -> None:
     small = create_app(dataclasses.replace(settings, max_body_bytes=10_000), detector).test_client()
-    assert_error(post(small, request_body(images[0])), 413, "body_too_large")
+    assert_error(post(small, encode(request_body(images[0]))), 413, "body_too_large")
 
 
 def test_wrong_method_is_405(client) -> None:
@@ -140,6 +208,17 @@ def test_not_ready_until_warmed_up(settings, model_files, images) -> None:
     assert post(client, request_body(images[0])).status_code == 200
 
 
+def test_bodies_waiting_past_max_waiting_body_bytes_are_503(settings, detector, images) -> None:
+    payload = json.dumps(request_body(images[0], "late"))
+    bound = dataclasses.replace(settings, max_body_bytes=len(payload), max_waiting_body_bytes=len(payload) + 10)
+    app = create_app(bound, detector)
+    with app.extensions["clouddetect"].admission.slot(len(payload)):  # another request's body already waits
+        refused = app.test_client().post(ENDPOINT, data=payload, content_type="application/json")
+    assert_error(refused, 503, "overloaded")
+    assert "1 requests" in refused.get_json()["error"]["message"]
+    assert app.test_client().post(ENDPOINT, data=payload, content_type="application/json").status_code == 200
+
+
 def test_metrics_count_requests_by_status_and_time_them(client, images) -> None:
     post(client, request_body(images[0]))
     post(client, {"id": "bad", "image": "%%%"})
@@ -149,6 +228,32 @@ def test_metrics_count_requests_by_status_and_time_them(client, images) -> None:
     assert "clouddetect_request_duration_seconds_count 2.0" in text
     assert "clouddetect_inference_duration_seconds_count 1.0" in text
     assert "clouddetect_requests_in_flight 0.0" in text
+
+
+class BrokenDetector:
+    """A ready detector whose inference fails: what a fault inside OpenCV looks like to the API."""
+
+    ready = True
+
+    def __init__(self, real: Detector) -> None:
+        self.prepare = real.prepare
+
+    def infer(self, prepared: PreparedImage) -> tuple[list, float]:
+        raise RuntimeError("forward pass failed")
+
+
+def test_server_fault_is_a_json_500_logged_and_counted(settings, detector, images, caplog) -> None:
+    client = create_app(settings, BrokenDetector(detector)).test_client()
+    with caplog.at_level(logging.INFO, logger="clouddetect.api"):
+        response = post(client, request_body(images[0], "fault-1"))
+    assert_error(response, 500, "internal_error", "fault-1")
+    assert "forward pass failed" not in response.get_data(as_text=True)
+    failure = next(r for r in caplog.records if r.levelno == logging.ERROR)
+    assert failure.getMessage() == f"unexpected error serving POST {ENDPOINT}"
+    assert "RuntimeError: forward pass failed" in caplog.text
+    assert "request id=fault-1 status=500 objects=0" in caplog.text and "error=internal_error" in caplog.text
+    assert 'clouddetect_requests_total{status="500"} 1.0' in client.get("/metrics").get_data(as_text=True)
+    assert client.get("/healthz").status_code == 200
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -12,12 +12,19 @@ import pytest
 
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
-from clouddetect.detector import Box, Detection, Detector
+from clouddetect.detector import Detection, Detector, decode_rows, rounded_box
 from clouddetect.model_store import ModelFiles
 
 SAMPLE_SIZE = 8
 CONFIDENCE_TOLERANCE = 1e-4
-BOX_TOLERANCE_PX = 1
+EDGE_TOLERANCE_PX = 0.5 + 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatDetection:
+    label: str
+    confidence: float
+    edges: tuple[float, float, float, float]  # left, top, right, bottom, clipped to the image
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +32,12 @@ def reference_net(model_files: ModelFiles) -> cv2.dnn.Net:
     return cv2.dnn.readNetFromDarknet(str(model_files.cfg), str(model_files.weights))
 
 
-def reference(net: cv2.dnn.Net, labels: list[str], image: np.ndarray) -> list[Detection]:
-    """The textbook pipeline: stretched 416x416 blob, class score > 0.5, NMS 0.4, boxes clipped to the image."""
+def reference(net: cv2.dnn.Net, labels: list[str], image: np.ndarray) -> list[FloatDetection]:
+    """The textbook pipeline (stretched 416x416 blob, class score > 0.5, NMS 0.4 on its integer boxes), with each
+    kept box's exact float edges clipped to the image."""
     height, width = image.shape[:2]
     net.setInput(cv2.dnn.blobFromImage(image, 1 / 255.0, (416, 416), swapRB=True, crop=False))
-    boxes, scores, classes = [], [], []
+    boxes, edges, scores, classes = [], [], [], []
     for output in net.forward(net.getUnconnectedOutLayersNames()):
         for row in output:
             class_id = int(np.argmax(row[5:]))
@@ -37,29 +45,30 @@ def reference(net: cv2.dnn.Net, labels: list[str], image: np.ndarray) -> list[De
             if score > 0.5:
                 cx, cy, w, h = row[0] * width, row[1] * height, row[2] * width, row[3] * height
                 boxes.append([int(cx - w / 2), int(cy - h / 2), int(w), int(h)])
+                edges.append((np.clip(cx - w / 2, 0, width), np.clip(cy - h / 2, 0, height),
+                              np.clip(cx + w / 2, 0, width), np.clip(cy + h / 2, 0, height)))
                 scores.append(score)
                 classes.append(class_id)
-    found = []
-    for i in np.array(cv2.dnn.NMSBoxes(boxes, scores, 0.5, 0.4)).flatten():
-        left, top, w, h = boxes[i]
-        right, bottom = min(width, left + w), min(height, top + h)
-        left, top = max(0, left), max(0, top)
-        found.append(Detection(labels[classes[i]], scores[i], Box(left, top, right - left, bottom - top)))
-    return found
+    return [
+        FloatDetection(labels[classes[i]], scores[i], tuple(float(e) for e in edges[i]))
+        for i in np.array(cv2.dnn.NMSBoxes(boxes, scores, 0.5, 0.4)).flatten()
+    ]
 
 
-def same(a: Detection, b: Detection) -> bool:
-    box_gap = max(abs(getattr(a.box, f) - getattr(b.box, f)) for f in ("left", "top", "width", "height"))
-    close = abs(a.confidence - b.confidence) <= CONFIDENCE_TOLERANCE
-    return a.label == b.label and close and box_gap <= BOX_TOLERANCE_PX
+def same(ours: Detection, theirs: FloatDetection) -> bool:
+    box = ours.box
+    edges = (box.left, box.top, box.left + box.width, box.top + box.height)
+    edge_gap = max(abs(a - b) for a, b in zip(edges, theirs.edges, strict=True))
+    close = abs(ours.confidence - theirs.confidence) <= CONFIDENCE_TOLERANCE
+    return ours.label == theirs.label and close and edge_gap <= EDGE_TOLERANCE_PX
 
 
-def assert_equal_detections(ours: list[Detection], theirs: list[Detection], image: Path) -> None:
+def assert_equal_detections(ours: list[Detection], theirs: list[FloatDetection], image: Path) -> None:
     assert len(ours) == len(theirs), f"{image.name}: {ours} != {theirs}"
     unmatched = list(theirs)
     for detection in ours:
         match = next((t for t in unmatched if same(detection, t)), None)
-        assert match is not None, f"{image.name}: {detection} has no counterpart in {unmatched}"
+        assert match is not None, f"{image.name}: {detection} has no counterpart within 0.5 px in {unmatched}"
         unmatched.remove(match)
 
 
@@ -113,3 +122,34 @@ def test_ready_only_after_warm_up(model_files, settings: Settings) -> None:
     assert not fresh.ready
     fresh.warm_up()
     assert fresh.ready
+
+
+def yolo_row(cx: float, cy: float, w: float, h: float, class_id: int, score: float) -> list[float]:
+    row = [cx, cy, w, h, score] + [0.0] * 80
+    row[5 + class_id] = score
+    return row
+
+
+def test_overlapping_boxes_of_different_classes_keep_the_stronger_only(settings: Settings) -> None:
+    car, truck = 2, 7
+    rows = np.array([yolo_row(0.5, 0.5, 0.4, 0.4, car, 0.9), yolo_row(0.51, 0.5, 0.4, 0.4, truck, 0.8)], np.float32)
+    labels = [f"class{i}" for i in range(80)]
+    found = decode_rows(rows, 100, 100, labels, settings)
+    assert [d.label for d in found] == ["class2"]
+
+
+def test_distant_boxes_are_both_kept(settings: Settings) -> None:
+    rows = np.array([yolo_row(0.2, 0.2, 0.1, 0.1, 0, 0.9), yolo_row(0.8, 0.8, 0.1, 0.1, 0, 0.8)], np.float32)
+    assert len(decode_rows(rows, 100, 100, [f"class{i}" for i in range(80)], settings)) == 2
+
+
+def test_box_edges_are_rounded_not_truncated() -> None:
+    # A 13.0 px wide box from 20.6 to 33.6: truncation gave left 20, width 13 (right edge 33, 0.6 px short).
+    box = rounded_box(cx=27.1, cy=50.0, w=13.0, h=10.0, width=100, height=100)
+    assert (box.left, box.left + box.width) == (21, 34)
+    assert (box.top, box.height) == (45, 10)
+
+
+def test_box_edges_are_clipped_to_the_image() -> None:
+    box = rounded_box(cx=95.0, cy=2.0, w=20.0, h=10.0, width=100, height=80)
+    assert (box.left, box.top, box.width, box.height) == (85, 0, 15, 7)

@@ -12,25 +12,34 @@ import threading
 import time
 from dataclasses import dataclass
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+import swagger_ui_bundle
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException, NotFound
 
 from clouddetect.admission import Admission
+from clouddetect.answers import ENDPOINT
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
-from clouddetect.contract import ENDPOINT, parse_request, response_body
+from clouddetect.contract import image_bytes_of, request_id_of, request_object, response_body
 from clouddetect.detector import Detection, Detector, PreparedImage
 from clouddetect.errors import BodyTooLarge, ClientError, LengthRequired, MalformedJson, NotJson, NotReady
 from clouddetect.metrics import Metrics
+from clouddetect.openapi import document
 
 log = logging.getLogger("clouddetect.api")
 DISCARD_CHUNK_BYTES = 64 * 1024
+# Of the files swagger-ui-bundle ships, the two /docs needs.
+SWAGGER_UI_FILES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css"})
 bp = Blueprint("api", __name__)
 
 
 @dataclass
-class Service:
-    """What the routes share: one per app, built by ``create_app``."""
+class DetectionPipeline:
+    """Admission, parsing, decoding and inference of one app's detection requests, and what the routes share.
+
+    The request's id is kept in ``flask.g`` as soon as it is read: the answer, the error handlers and the log line
+    all take it from there.
+    """
 
     settings: Settings
     detector: Detector
@@ -38,29 +47,27 @@ class Service:
     admission: Admission
     decode_slots: threading.BoundedSemaphore
 
-    def detect(self, body_bytes: int) -> tuple[str, list[Detection]]:
+    def detect(self, body_bytes: int) -> list[Detection]:
         if not self.detector.ready:
             raise NotReady("the model is still loading; retry shortly")
         with self.admission.slot(body_bytes):
-            request_id, prepared = self._read_image()
+            prepared = self._read_image()
             detections, forward_s = self.detector.infer(prepared)
         g.inference_ms = forward_s * 1000
         self.metrics.inference.observe(forward_s)
         for d in detections:
             self.metrics.objects.labels(d.label).inc()
-        return request_id, detections
+        return detections
 
-    def _read_image(self) -> tuple[str, PreparedImage]:
-        """The request's id and its image at network size; the body, its bytes and the full image are let go
-        on return, so a request waiting for the network holds only the 0.5 MB it needs."""
-        request_id, data = parse_request(_json_body())
-        g.request_id = request_id
+    def _read_image(self) -> PreparedImage:
+        """The request's image at network size; the body, its bytes and the full image are let go on return, so a
+        request waiting for the network holds only the 0.5 MB it needs."""
+        payload = request_object(_json_body())
+        g.request_id = request_id_of(payload)
+        data = image_bytes_of(payload)
+        del payload  # its base64 text is not kept while the request waits for a decode slot
         with self.decode_slots:
-            try:
-                return request_id, self.detector.prepare(decode_image(data, self.settings.max_image_pixels))
-            except ClientError as exc:
-                exc.request_id = request_id
-                raise
+            return self.detector.prepare(decode_image(data, self.settings.max_image_pixels))
 
 
 def create_app(settings: Settings, detector: Detector, metrics: Metrics | None = None) -> Flask:
@@ -68,7 +75,7 @@ def create_app(settings: Settings, detector: Detector, metrics: Metrics | None =
     app = Flask(__name__, static_folder="web", static_url_path="/web")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # answers keep the contract's field order: id first
-    app.extensions["clouddetect"] = Service(
+    app.extensions["clouddetect"] = DetectionPipeline(
         settings=settings,
         detector=detector,
         metrics=metrics or Metrics(),
@@ -82,7 +89,7 @@ def create_app(settings: Settings, detector: Detector, metrics: Metrics | None =
     return app
 
 
-def _service() -> Service:
+def _pipeline() -> DetectionPipeline:
     return current_app.extensions["clouddetect"]
 
 
@@ -101,41 +108,41 @@ def _json_body() -> object:
 
 @bp.post(ENDPOINT)
 def object_detection() -> Response:
-    service = _service()
-    limit = service.settings.max_body_bytes
+    pipeline = _pipeline()
+    limit = pipeline.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the body has {request.content_length} bytes; at most {limit} are accepted")
     body_bytes = request.content_length or limit
-    request_id, detections = service.detect(body_bytes)
+    detections = pipeline.detect(body_bytes)
     g.objects = len(detections)
-    return jsonify(response_body(request_id, detections))
+    return jsonify(response_body(g.request_id, detections))
 
 
 @bp.before_app_request
 def _start_clock() -> None:
     g.started = time.perf_counter()
     if request.path == ENDPOINT:
-        _service().metrics.in_flight.inc()
+        _pipeline().metrics.in_flight.inc()
 
 
 @bp.teardown_app_request
 def _stop_clock(_exc: BaseException | None) -> None:
     if request.path == ENDPOINT:
-        _service().metrics.in_flight.dec()
+        _pipeline().metrics.in_flight.dec()
 
 
 @bp.after_app_request
 def _account(response: Response) -> Response:
     if request.path != ENDPOINT or request.method == "OPTIONS":
         return response
-    service = _service()
+    pipeline = _pipeline()
     total_s = time.perf_counter() - g.started
-    service.metrics.requests.labels(str(response.status_code)).inc()
-    service.metrics.latency.observe(total_s)
+    pipeline.metrics.requests.labels(str(response.status_code)).inc()
+    pipeline.metrics.latency.observe(total_s)
     log.info(
         "request id=%s status=%d objects=%d inference_ms=%.1f total_ms=%.1f instance=%s error=%s",
         _log_safe(g.get("request_id") or "-"), response.status_code, g.get("objects", 0), g.get("inference_ms", 0.0),
-        total_s * 1000, service.settings.instance_name, g.get("error", "-"),
+        total_s * 1000, pipeline.settings.instance_name, g.get("error", "-"),
     )
     return response
 
@@ -147,20 +154,20 @@ def _log_safe(text: str) -> str:
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    return jsonify(status="alive", instance=_service().settings.instance_name)
+    return jsonify(status="alive", instance=_pipeline().settings.instance_name)
 
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    service = _service()
-    ready = service.detector.ready
-    body = jsonify(status="ready" if ready else "warming up", instance=service.settings.instance_name)
+    pipeline = _pipeline()
+    ready = pipeline.detector.ready
+    body = jsonify(status="ready" if ready else "warming up", instance=pipeline.settings.instance_name)
     return body, 200 if ready else 503
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    payload, content_type = _service().metrics.render()
+    payload, content_type = _pipeline().metrics.render()
     return Response(payload, content_type=content_type)
 
 
@@ -169,13 +176,39 @@ PAGE_CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# The same for /docs, but Swagger UI's style sheet draws its icons as data: SVG images, which reach no host.
+DOCS_CONTENT_SECURITY_POLICY = PAGE_CONTENT_SECURITY_POLICY.replace(
+    "img-src 'self' blob:", "img-src 'self' blob: data:"
+)
 
 
 @bp.get("/")
 def page() -> Response:
     """A page to try the detector: it calls the API like any other client, so it adds no way in of its own."""
-    response = current_app.send_static_file("index.html")
-    response.headers["Content-Security-Policy"] = PAGE_CONTENT_SECURITY_POLICY
+    return _page("index.html", PAGE_CONTENT_SECURITY_POLICY)
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    """The OpenAPI document rendered by Swagger UI, from the files its PyPI package ships."""
+    return _page("docs.html", DOCS_CONTENT_SECURITY_POLICY)
+
+
+@bp.get("/docs/<name>")
+def docs_file(name: str) -> Response:
+    if name not in SWAGGER_UI_FILES:
+        raise NotFound()
+    return send_from_directory(swagger_ui_bundle.swagger_ui_path, name)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(document())
+
+
+def _page(name: str, policy: str) -> Response:
+    response = current_app.send_static_file(name)
+    response.headers["Content-Security-Policy"] = policy
     return response
 
 
@@ -206,10 +239,9 @@ def _discard_unread_body(status: int) -> None:
 def _client_error(exc: ClientError) -> Response:
     g.error = exc.code
     _discard_unread_body(exc.status)
-    g.request_id = exc.request_id or g.get("request_id")
-    response = _error_response(exc.status, exc.code, exc.message, g.request_id)
+    response = _error_response(exc.status, exc.code, exc.message, g.get("request_id"))
     if exc.status == 503:
-        response.headers["Retry-After"] = str(_service().settings.retry_after_s)
+        response.headers["Retry-After"] = str(_pipeline().settings.retry_after_s)
     return response
 
 
@@ -226,4 +258,6 @@ def _http_error(exc: HTTPException) -> Response:
 def _server_error(exc: Exception) -> Response:
     g.error = "internal_error"
     log.exception("unexpected error serving %s %s", request.method, request.path)
-    return _error_response(500, "internal_error", "the server failed to answer; the fault is logged")
+    return _error_response(
+        500, "internal_error", "the server failed to answer; the fault is logged", g.get("request_id")
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from clouddetect.contract import ENDPOINT, response_problem
+from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.images import encode_file, image_files
 
 

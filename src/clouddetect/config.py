@@ -41,9 +41,11 @@ class Settings:
     threads: int = _setting(256, "Request threads per worker; one request is served on one thread.")
     max_connections: int = _setting(1000, "Open connections per worker; more wait in the listen backlog.")
     inference_threads: int = _setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
-    winograd: bool = _setting(False, "OpenCV's Winograd convolutions: ~2x the memory for no speed on this model.")
+    winograd: bool = _setting(False, "OpenCV's Winograd convolutions: a worker's peak memory nearly doubles.")
     confidence_threshold: float = _setting(0.5, "Smallest class score reported.")
-    nms_threshold: float = _setting(0.4, "IoU above which overlapping boxes of one class are merged.")
+    nms_threshold: float = _setting(
+        0.4, "IoU above which the weaker of two overlapping boxes is dropped, whatever their classes."
+    )
     input_size_px: int = _setting(416, "Side of the square network input.")
     max_waiting_requests: int = _setting(
         192, "Requests per worker waiting for inference; past it the answer is 503 with Retry-After."
@@ -52,7 +54,7 @@ class Settings:
         128 * 1024 * 1024, "Bytes of request bodies waiting for inference per worker; past it the answer is 503."
     )
     malloc_arenas: int = _setting(
-        2, "glibc malloc arenas per worker; one per request thread would keep ~100 MiB more of freed memory."
+        2, "glibc malloc arenas per worker; glibc's own limit (8 per core) keeps more freed memory."
     )
     decode_slots: int = _setting(1, "Images decoded at once per worker; bounds the memory of large photos.")
     retry_after_s: int = _setting(1, "Retry-After sent with 503 answers.")
@@ -71,14 +73,7 @@ class Settings:
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then environment variables, then the given overrides (None means not given)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _parse(f.type, raw, f.name)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return dataclasses.replace(cls(), **values)
+        return dataclasses.replace(cls(), **settings_values(cls, ENV_PREFIX, environ, overrides))
 
     def __post_init__(self) -> None:
         for name in ("workers", "threads", "max_connections", "inference_threads", "input_size_px",
@@ -96,12 +91,25 @@ class Settings:
         object.__setattr__(self, "model_dir", Path(self.model_dir))
 
 
-def _parse(type_name: Any, raw: str, name: str) -> Any:
+def settings_values(cls: type, prefix: str, environ: Mapping[str, str] | None,
+                    overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A settings dataclass's values from ``<prefix><NAME>`` environment variables, then overrides (None: not given)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        raw = env.get(prefix + f.name.upper())
+        if raw is not None:
+            values[f.name] = _parse(f.type, raw, prefix + f.name.upper())
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values
+
+
+def _parse(type_name: Any, raw: str, variable: str) -> Any:
     kind = {"int": int, "float": float, "Path": Path, "str": str, "bool": _parse_bool}[str(type_name)]
     try:
         return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from None
+        raise ValueError(f"{variable}={raw!r}: {exc}") from None
 
 
 def _parse_bool(raw: str) -> bool:

@@ -90,30 +90,40 @@ class Detector:
 
     def _postprocess(self, outputs: list[np.ndarray], width: int, height: int) -> list[Detection]:
         rows = np.concatenate([o.reshape(-1, o.shape[-1]) for o in outputs])
-        scores = rows[:, 5:]
-        class_ids = scores.argmax(axis=1)
-        confidences = scores[np.arange(len(rows)), class_ids]
-        keep = confidences > self.settings.confidence_threshold
-        rows, class_ids, confidences = rows[keep], class_ids[keep], confidences[keep]
-        scale = np.array([width, height, width, height], dtype=np.float32)
-        centres_sizes = rows[:, :4] * scale
-        boxes = [
-            [int(cx - w / 2), int(cy - h / 2), int(w), int(h)] for cx, cy, w, h in centres_sizes.tolist()
-        ]
-        kept = cv2.dnn.NMSBoxes(
-            boxes, confidences.tolist(), self.settings.confidence_threshold, self.settings.nms_threshold
+        return decode_rows(rows, width, height, self.labels, self.settings)
+
+
+def decode_rows(
+    rows: np.ndarray, width: int, height: int, labels: list[str], settings: Settings
+) -> list[Detection]:
+    """Detections from YOLO rows ``[cx, cy, w, h, objectness, class scores...]`` relative to the image.
+
+    Suppression is class-agnostic, as in OpenCV's YOLO samples that clients compare against: one object, one label.
+    It decides on those samples' integer boxes, so the same boxes survive; the reported edges are the float box's,
+    clipped to the image and each rounded to the nearest pixel.
+    """
+    scores = rows[:, 5:]
+    class_ids = scores.argmax(axis=1)
+    confidences = scores[np.arange(len(rows)), class_ids]
+    keep = confidences > settings.confidence_threshold
+    rows, class_ids, confidences = rows[keep], class_ids[keep], confidences[keep]
+    centres_sizes = (rows[:, :4] * np.array([width, height, width, height], dtype=np.float32)).tolist()
+    sample_boxes = [[int(cx - w / 2), int(cy - h / 2), int(w), int(h)] for cx, cy, w, h in centres_sizes]
+    kept = cv2.dnn.NMSBoxes(sample_boxes, confidences.tolist(), settings.confidence_threshold, settings.nms_threshold)
+    return [
+        Detection(
+            label=labels[int(class_ids[i])],
+            confidence=float(confidences[i]),
+            box=rounded_box(*centres_sizes[i], width, height),
         )
-        return [
-            Detection(
-                label=self.labels[int(class_ids[i])],
-                confidence=float(confidences[i]),
-                box=_clip(boxes[i], width, height),
-            )
-            for i in np.asarray(kept, dtype=int).reshape(-1)
-        ]
+        for i in np.asarray(kept, dtype=int).reshape(-1)
+    ]
 
 
-def _clip(box: list[int], width: int, height: int) -> Box:
-    left, top = max(0, box[0]), max(0, box[1])
-    right, bottom = min(width, box[0] + box[2]), min(height, box[1] + box[3])
-    return Box(left=left, top=top, width=max(0, right - left), height=max(0, bottom - top))
+def rounded_box(cx: float, cy: float, w: float, h: float, width: int, height: int) -> Box:
+    """Each edge of the float box clipped to the image and rounded on its own, so no edge drifts by more than 0.5 px."""
+    left = round(min(max(cx - w / 2, 0.0), width))
+    top = round(min(max(cy - h / 2, 0.0), height))
+    right = round(min(max(cx + w / 2, 0.0), width))
+    bottom = round(min(max(cy + h / 2, 0.0), height))
+    return Box(left=left, top=top, width=right - left, height=bottom - top)

@@ -12,10 +12,9 @@ class ClientError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, request_id: str | None = None) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.request_id = request_id
 
 
 class NotJson(ClientError):

@@ -55,7 +55,7 @@ def limit_malloc_arenas(arenas: int) -> None:
     """Cap glibc's malloc arenas before the request threads start.
 
     glibc gives busy threads arenas of their own (up to 8 per core) and each keeps the memory its requests freed;
-    with hundreds of request threads that is ~100 MiB more peak memory in a 512 MiB pod. Elsewhere a no-op.
+    with 128 clients at once that was ~75 MiB more peak memory (benchmarks/memory_under_load.py). Elsewhere a no-op.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

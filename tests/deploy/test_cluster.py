@@ -30,7 +30,7 @@ import pytest
 import requests
 import yaml
 
-from clouddetect.contract import ENDPOINT, response_problem
+from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.lab.results import Experiment
 from support import request_body
 

@@ -105,14 +105,6 @@ def test_kubernetes_version_is_one_variable_on_a_supported_minor() -> None:
     assert "kubeadm=1.36.9-1.1" in moved and "/v1.36/deb/" in moved
 
 
-def test_controller_init_puts_the_public_address_in_the_api_server_certificate_and_a_remote_kubeconfig() -> None:
-    plan = commands(planned("controller-init", "10.0.0.10", "203.0.113.10"))
-    (init,) = [c for c in plan if c.startswith("kubeadm init")]
-    assert "--apiserver-cert-extra-sans 203.0.113.10" in init
-    assert any("set-cluster kubernetes --server https://203.0.113.10:6443" in c for c in plan)
-    assert "--apiserver-cert-extra-sans" not in planned("controller-init", "10.0.0.10")
-
-
 def test_worker_firewall_opens_the_service_node_port_kubelet_and_network() -> None:
     ports = {f"{proto}/{port}" for proto, port in firewall_ports("worker")}
     assert {"tcp/10250", "udp/8472"} <= ports
@@ -162,3 +154,13 @@ def test_deploy_refuses_a_replica_count_without_an_overlay() -> None:
 
 def test_node_setup_refuses_an_unknown_role() -> None:
     assert dry_run("node-setup", "master").returncode == 2
+
+
+def test_controller_init_puts_the_public_address_in_the_api_server_certificate_only_when_given() -> None:
+    with_public = subprocess.run([str(CLUSTER / "controller-init"), "10.0.0.10"], capture_output=True, text=True,
+                                 env={**os.environ, "DRY_RUN": "1", "PUBLIC_ADDRESS": "203.0.113.10"}, check=True)
+    (init,) = [c for c in commands(with_public.stdout) if c.startswith("kubeadm init")]
+    assert "--apiserver-advertise-address 10.0.0.10" in init
+    assert "--apiserver-cert-extra-sans 203.0.113.10" in init
+    without = [c for c in commands(planned("controller-init", "10.0.0.10")) if c.startswith("kubeadm init")]
+    assert len(without) == 1 and "--apiserver-cert-extra-sans" not in without[0]

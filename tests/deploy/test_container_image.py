@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import requests
 
+from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.codec import decode_image
-from clouddetect.contract import ENDPOINT, response_body, response_problem
+from clouddetect.contract import response_body
 from clouddetect.detector import Detector
 from support import free_port, request_body
 

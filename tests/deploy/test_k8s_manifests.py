@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -22,6 +23,9 @@ OVERLAY_REPLICAS = {1, 2, 4, 8}
 CPU = "500m"
 MEMORY = "512Mi"
 NODE_PORT_RANGE = range(30000, 32768)
+# kubectl 1.27 brought kustomize v5; Debian's 1.20 (kustomize v2) cannot render the overlays.
+OLDEST_KUBECTL = (1, 27)
+KUBECTL_INSTALL = ROOT / "scripts" / "kubectl-install"
 CLUSTER_VERSION_PATTERN = re.compile(r"^KUBERNETES_VERSION=\$\{KUBERNETES_VERSION:-(\d+\.\d+)\.\d+\}", re.M)
 
 
@@ -32,9 +36,30 @@ def cluster_version() -> str:
     return found.group(1)
 
 
-def render(folder: Path) -> str:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl (with its built-in kustomize) is needed to render deploy/k8s"
+def kubectl_problem(version: dict[str, Any]) -> str | None:
+    """Why a kubectl, as ``kubectl version --client -o json`` describes it, cannot render deploy/k8s, or None."""
+    client = version.get("clientVersion", {})
+    found = (int(client.get("major", 0)), int(re.sub(r"\D", "", client.get("minor", "0")) or 0))
+    if found < OLDEST_KUBECTL:
+        return (f"kubectl {client.get('gitVersion', '?')} is too old to render deploy/k8s: it needs kubectl >= "
+                f"{OLDEST_KUBECTL[0]}.{OLDEST_KUBECTL[1]} (kustomize v5)")
+    return None
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    """The project's pinned kubectl in the venv (``make setup`` installs it), else the one on PATH if new enough."""
+    pinned = re.search(r"^KUBECTL_VERSION=(\S+)", KUBECTL_INSTALL.read_text(), re.M).group(1)
+    installed = Path(sys.executable).with_name("kubectl")
+    found = str(installed) if installed.exists() else shutil.which("kubectl")
+    assert found, f"no kubectl: run `make setup`, which installs kubectl {pinned} into .venv/bin"
+    version = subprocess.run([found, "version", "--client", "--output", "json"], capture_output=True, text=True)
+    problem = kubectl_problem(json.loads(version.stdout or "{}"))
+    assert problem is None, f"{found}: {problem}; run `make setup`, which installs kubectl {pinned} into .venv/bin"
+    return found
+
+
+def render(kubectl: str, folder: Path) -> str:
     return subprocess.run([kubectl, "kustomize", str(folder)], check=True, capture_output=True, text=True).stdout
 
 
@@ -46,8 +71,8 @@ class Rendered:
 
 
 @pytest.fixture(scope="module", params=KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
-def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Rendered:
-    text = render(request.param)
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, kubectl: str) -> Rendered:
+    text = render(kubectl, request.param)
     path = tmp_path_factory.mktemp("rendered") / "manifests.yaml"
     path.write_text(text)
     return Rendered(request.param, path, [doc for doc in yaml.safe_load_all(text) if doc])
@@ -63,6 +88,22 @@ def container(docs: list[Any]) -> dict[str, Any]:
     containers = by_kind(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
+
+
+@pytest.mark.parametrize(
+    ("version", "usable"),
+    [
+        ({"clientVersion": {"major": "1", "minor": "20", "gitVersion": "v1.20.2"}}, False),
+        ({"clientVersion": {"major": "1", "minor": "26+", "gitVersion": "v1.26.1-eks"}}, False),
+        ({"clientVersion": {"major": "1", "minor": "32", "gitVersion": "v1.32.4"}}, True),
+        ({}, False),
+    ],
+)
+def test_an_old_kubectl_is_refused_saying_why(version: dict[str, Any], usable: bool) -> None:
+    problem = kubectl_problem(version)
+    assert (problem is None) == usable
+    if not usable:
+        assert "too old to render deploy/k8s" in problem
 
 
 def test_base_and_one_overlay_per_replica_count_exist() -> None:

@@ -9,7 +9,7 @@ import pytest
 from flask.testing import FlaskClient
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
-from clouddetect.contract import ENDPOINT
+from clouddetect.answers import ENDPOINT
 from clouddetect.lab.experiment import served
 from clouddetect.lab.platform import FixedUrl, PlatformError, parse_metrics, ready_pod_names
 from support import live_server, request_body

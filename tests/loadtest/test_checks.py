@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from clouddetect.contract import ENDPOINT
+from clouddetect.answers import ENDPOINT
 from clouddetect.loadtest.checks import INVALID_JSON, MALFORMED, TIMEOUT, WRONG_ID, failure_kind
 from support import request_body
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, Response, sync_playwright
 
-from clouddetect.contract import ENDPOINT, response_problem
+from clouddetect.answers import ENDPOINT, response_problem
 from support import LiveServer, live_server, request_body
 
 pytestmark = pytest.mark.browser
@@ -256,3 +256,22 @@ def test_page_fits_a_phone_screen(browser: Browser, server: LiveServer, busy_ima
         phone.assert_stayed_on(server.url)
     finally:
         phone.page.context.close()
+
+
+def test_docs_page_renders_the_api_document(tab: Tab, server: LiveServer) -> None:
+    """Swagger UI from its PyPI package, under the page's Content-Security-Policy, fetching nothing from elsewhere."""
+    document = requests.get(server.url + "/openapi.json", timeout=REQUEST_TIMEOUT_S).json()
+    tab.page.goto(server.url + "/docs")
+    endpoint = tab.page.locator(".opblock-post .opblock-summary-path", has_text=ENDPOINT)
+    endpoint.wait_for()
+    assert document["info"]["title"] in (tab.page.text_content("h2.title") or "")
+    operations = sum(len(item) for item in document["paths"].values())
+    assert tab.page.locator(".opblock").count() == operations
+    endpoint.click()
+    tab.page.locator(".opblock-post .responses-table").first.wait_for()
+    shown = tab.page.locator(".opblock-post .response-col_status").all_text_contents()
+    documented = document["paths"][ENDPOINT]["post"]["responses"]
+    assert [s.strip() for s in shown if s.strip().isdigit()] == list(documented)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    tab.page.screenshot(path=ARTIFACTS / "docs.png", full_page=True)
+    tab.assert_stayed_on(server.url)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import swagger_ui_bundle
 from flask.testing import FlaskClient
 
 import clouddetect
@@ -54,3 +55,31 @@ def test_page_routes_accept_no_writes(client: FlaskClient, method: str, path: st
 @pytest.mark.parametrize("path", ["/web/../api.py", "/web/%2e%2e/api.py", "/web/..%2fapi.py", "/web/"])
 def test_nothing_outside_the_page_folder_is_served(client: FlaskClient, path: str) -> None:
     assert client.get(path).status_code == 404
+
+
+def test_docs_page_is_served_under_the_pages_policy_with_data_images(client: FlaskClient) -> None:
+    response = client.get("/docs")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert response.data == (WEB / "docs.html").read_bytes()
+    page_policy = client.get("/").headers["Content-Security-Policy"]
+    with_data_images = page_policy.replace("img-src 'self' blob:", "img-src 'self' blob: data:")
+    assert response.headers["Content-Security-Policy"] == with_data_images != page_policy
+
+
+def test_docs_page_refers_only_to_this_service() -> None:
+    references = re.findall(r'(?:src|href)="([^"]+)"', (WEB / "docs.html").read_text())
+    assert sorted(references) == sorted(
+        ["/web/favicon.svg", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js", "/web/docs.js"]
+    )
+
+
+@pytest.mark.parametrize("name", ["swagger-ui-bundle.js", "swagger-ui.css"])
+def test_swagger_ui_files_come_from_their_package(client: FlaskClient, name: str) -> None:
+    response = client.get(f"/docs/{name}")
+    assert response.status_code == 200
+    assert response.data == (Path(swagger_ui_bundle.swagger_ui_path) / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["index.html", "swagger-initializer.js", "..%2fopenapi.yaml", "x"])
+def test_no_other_file_is_served_under_docs(client: FlaskClient, name: str) -> None:
+    assert client.get(f"/docs/{name}").status_code == 404

@@ -9,8 +9,11 @@ from typing import Any
 import click
 
 from clouddetect.images import default_folder, image_files
+from clouddetect.lab.bundle import bundle_command
 from clouddetect.lab.experiment import Plan, Runner
 from clouddetect.lab.faults import faults
+from clouddetect.lab.link import client_link_conditions
+from clouddetect.lab.link_cli import link
 from clouddetect.lab.load import LoadError, LoadSettings
 from clouddetect.lab.platform import FixedUrl, Kubernetes, Platform, PlatformError
 from clouddetect.lab.results import Experiment, ExperimentError
@@ -36,9 +39,6 @@ def _pod_counts(_ctx: click.Context, _param: click.Parameter, value: str | None)
 @click.group()
 def lab() -> None:
     """Capacity experiments: how many users each pod count carries without a failed request."""
-
-
-lab.add_command(faults)
 
 
 @lab.command("run")
@@ -103,6 +103,7 @@ def run(**options: Any) -> None:
         "timeout_s": load.timeout_s, "spawn_rate": search.spawn_rate, "confirm_spawn_rate": search.confirm_spawn_rate,
         "hold_s": search.hold_s, "max_users": search.max_users, "step_down_pct": search.step_down_pct,
         "image_order": load.image_order, "image_count": image_count,
+        "client_link": client_link_conditions(),
     }
     plan = Plan(pods, options["repeats"], options["client_location"], options["drain_timeout_s"],
                 options["poll_interval_s"])
@@ -126,6 +127,11 @@ def _platform(options: dict[str, Any], pods: int) -> Platform:
         options["namespace"], options["deployment"], options["service"], options["service_url"], options["pod_port"],
         options["ready_timeout_s"], options["poll_interval_s"], options["kubeconfig"], options["kube_context"],
     )
+
+
+lab.add_command(link)
+lab.add_command(bundle_command)
+lab.add_command(faults)
 
 
 @lab.command("report")

@@ -26,7 +26,7 @@ from typing import Any
 import click
 import requests
 
-from clouddetect.contract import ENDPOINT
+from clouddetect.answers import ENDPOINT
 from clouddetect.images import default_folder, encode_file, image_files
 from clouddetect.lab.platform import Kubernetes, PlatformError, is_serving, poll
 

@@ -17,7 +17,7 @@ from locust import FastHttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 
-from clouddetect.contract import ENDPOINT
+from clouddetect.answers import ENDPOINT
 from clouddetect.images import IMAGES_ENV, default_folder, encode_file, image_files
 from clouddetect.loadtest.checks import failure_kind
 
