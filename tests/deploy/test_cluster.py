@@ -1,21 +1,26 @@
-"""The product on a real single-node Kubernetes (``scripts/test-cluster``), with the image built here.
+"""The product on a real three-node Kubernetes (``scripts/test-cluster``: a controller and two workers), with the
+image built here and loaded into every node's engine, as the cloud recipe does.
 
-The image and the manifests deploy as they are; the NodePort Service answers on 127.0.0.1 and spreads requests over
-the pods; the pods run under the CPU quota and memory limit every pod is given; the capacity lab scales the real
-Deployment.
+The image and the manifests deploy as they are; pods run on both workers, never on the tainted controller; the
+NodePort answers on every node's address and reaches pods on the other nodes; the pods run under the CPU quota and
+memory limit every pod is given; scaling 1 -> 2 -> 4 -> 8 leaves every pod serving (each pod takes 0.5 CPU and each
+worker reports 2); the capacity lab scales the real Deployment; and faults under load (a pod deleted, a rolling
+restart, a worker lost) are measured with ``clouddetect lab faults``, whose JSON lands in
+``CLOUDDETECT_FAULT_RESULTS_DIR`` when set.
 
-Each pod takes 0.5 CPU. This node has 2 cores, so the scaling test goes 1 -> 2 -> 1 pods; on a node with enough
-cores the same test walks any sequence, e.g. ``CLOUDDETECT_CLUSTER_POD_COUNTS=1,2,4,8,1 pytest -m cluster``.
 A cluster that is already up (``scripts/test-cluster up``) is used and left running; otherwise the tests start one
 and stop it at the end.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +38,14 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CLUSTER = ROOT / "scripts" / "test-cluster"
+TOUR = ROOT / "deploy" / "cluster" / "tour"
 BASE = ROOT / "deploy" / "k8s" / "base"
 IMAGE = "clouddetect:latest"
-POD_COUNTS = [int(n) for n in os.environ.get("CLOUDDETECT_CLUSTER_POD_COUNTS", "1,2,1").split(",")]
+POD_COUNTS = [int(n) for n in os.environ.get("CLOUDDETECT_CLUSTER_POD_COUNTS", "1,2,4,8").split(",")]
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/master"
+SPREAD_PODS = 4
+REQUESTS_PER_NODE = 24
+BALANCE_PODS = 8
 # The unit of capacity: one pod of 0.5 CPU and 512 MiB.
 POD_CPU_CORES = 0.5
 POD_MEMORY_BYTES = 512 * 1024**2
@@ -53,6 +63,17 @@ LAB_PODS = [1, 2]
 LAB_MAX_USERS = 3
 LAB_HOLD_S = 5.0
 LAB_TIMEOUT_S = 900.0
+TOUR_STEPS = 10
+TOUR_PODS = 4
+TOUR_TIMEOUT_S = 600.0
+# Faults under load: a few users held before and after each fault; the lost worker is brought back afterwards.
+FAULT_PODS = 4
+FAULT_USERS = 6
+FAULT_BEFORE_S = 10.0
+FAULT_AFTER_S = 5.0
+FAULT_TIMEOUT_S = 600.0
+LOST_WORKER = "worker-2"
+FAULT_RESULTS_DIR = os.environ.get("CLOUDDETECT_FAULT_RESULTS_DIR")
 
 T = TypeVar("T")
 
@@ -86,6 +107,18 @@ class Cluster:
         assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
         return done.stdout
 
+    def nodes(self) -> dict[str, dict]:
+        return {n["metadata"]["name"]: n for n in yaml.safe_load(self.kubectl("get", "nodes", "-o", "yaml"))["items"]}
+
+    def addresses(self) -> dict[str, str]:
+        """Each node's InternalIP."""
+        return {name: next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP")
+                for name, node in self.nodes().items()}
+
+    def workers(self) -> list[str]:
+        return sorted(name for name, node in self.nodes().items()
+                      if not any(t["key"] == CONTROL_PLANE_TAINT for t in node["spec"].get("taints") or []))
+
 
 @dataclass(frozen=True)
 class Deployed:
@@ -104,8 +137,17 @@ class Deployed:
 
     def pods(self) -> list[str]:
         """The serving pods: listed, and none terminating."""
+        return sorted(self.pod_nodes())
+
+    def pod_nodes(self) -> dict[str, str]:
+        """Each serving pod's node."""
         items = yaml.safe_load(self.kubectl("get", "pods", "--selector", self.selector, "--output", "yaml"))["items"]
-        return sorted(p["metadata"]["name"] for p in items if "deletionTimestamp" not in p["metadata"])
+        return {p["metadata"]["name"]: p["spec"]["nodeName"] for p in items if "deletionTimestamp" not in p["metadata"]}
+
+    def node_port_urls(self) -> dict[str, str]:
+        """The Service's NodePort on each node's address."""
+        port = self.url.rsplit(":", 1)[1]
+        return {node: f"http://{address}:{port}" for node, address in self.cluster.addresses().items()}
 
     def scale(self, pods: int) -> list[str]:
         """Scales to ``pods`` and waits until exactly that many are ready and the old ones are gone."""
@@ -136,10 +178,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def app_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The product's image, built as ``make image`` builds it (on the stand-in base image where none is pulled)."""
-    log = tmp_path_factory.mktemp("image") / "build.log"
-    run_logged(["make", "-C", str(ROOT), "image", f"IMAGE={IMAGE}"], log, IMAGE_BUILD_TIMEOUT_S)
+def app_image(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The product's image, built as ``make image`` builds it (on the stand-in base image where none is pulled), and
+    loaded into every node's engine."""
+    logs = tmp_path_factory.mktemp("image")
+    run_logged(["make", "-C", str(ROOT), "image", f"IMAGE={IMAGE}"], logs / "build.log", IMAGE_BUILD_TIMEOUT_S)
+    run_logged([str(TEST_CLUSTER), "load-image", IMAGE], logs / "load.log", IMAGE_BUILD_TIMEOUT_S)
     return IMAGE
 
 
@@ -165,7 +209,8 @@ def deployed(cluster: Cluster, app_image: str) -> Iterator[Deployed]:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == app_image
     namespace = deployment["metadata"].get("namespace", "default")
     selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
-    url = f"http://127.0.0.1:{service['spec']['ports'][0]['nodePort']}"
+    controller = next(name for name in cluster.nodes() if name not in cluster.workers())
+    url = f"http://{cluster.addresses()[controller]}:{service['spec']['ports'][0]['nodePort']}"
     cluster.kubectl("apply", "-k", str(BASE))
     target = Deployed(cluster, namespace, deployment["metadata"]["name"], selector, url)
     try:
@@ -199,9 +244,34 @@ def test_pods_run_the_image_built_here(deployed: Deployed, app_image: str) -> No
     assert pod["status"]["containerStatuses"][0]["imageID"].endswith(built)
 
 
-def test_service_answers_through_the_node_port_on_loopback(deployed: Deployed, images: list[Path]) -> None:
-    for image in images[:8]:
-        detect(deployed.url, image)
+def test_three_nodes_are_ready_and_only_the_controller_carries_the_control_plane_taint(cluster: Cluster) -> None:
+    nodes = cluster.nodes()
+    assert len(nodes) == 3
+    for name, node in nodes.items():
+        ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True", f"{name}: {ready}"
+    assert len(cluster.workers()) == 2
+    addresses = cluster.addresses()
+    assert len(set(addresses.values())) == 3
+    assert not any(address.startswith("127.") for address in addresses.values())
+
+
+def test_pods_spread_over_both_workers(deployed: Deployed) -> None:
+    deployed.scale(SPREAD_PODS)
+    print(f"{SPREAD_PODS} pods on {sorted(deployed.pod_nodes().values())}")
+    assert set(deployed.pod_nodes().values()) == set(deployed.cluster.workers())
+
+
+def test_node_port_on_every_nodes_address_reaches_pods_on_other_nodes(deployed: Deployed, images: list[Path]) -> None:
+    pods = deployed.scale(SPREAD_PODS)
+    where = deployed.pod_nodes()
+    for node, url in deployed.node_port_urls().items():
+        sent = [detect(url, images[i % len(images)]) for i in range(REQUESTS_PER_NODE)]
+        by_pod = {pod: served_ids(deployed, pod) & set(sent) for pod in pods}
+        assert sorted(i for ids in by_pod.values() for i in ids) == sorted(sent)
+        elsewhere = {pod: len(ids) for pod, ids in by_pod.items() if ids and where[pod] != node}
+        print(f"{url} ({node}): answered on other nodes by {elsewhere}")
+        assert elsewhere, f"every request to {node}'s NodePort was answered on {node}"
 
 
 def test_pods_run_under_a_pods_cpu_quota_and_memory_limit(deployed: Deployed) -> None:
@@ -212,15 +282,36 @@ def test_pods_run_under_a_pods_cpu_quota_and_memory_limit(deployed: Deployed) ->
     assert deployed.cgroup_value(pod, "memory/memory.limit_in_bytes") == POD_MEMORY_BYTES
 
 
-def test_scaling_spreads_requests_over_every_pod(deployed: Deployed, images: list[Path]) -> None:
+def test_scaling_leaves_every_pod_serving_and_the_per_pod_counts_balanced(deployed: Deployed,
+                                                                          images: list[Path]) -> None:
     for count in POD_COUNTS:
         pods = deployed.scale(count)
         assert len(pods) == count
         sent = [detect(deployed.url, images[i % len(images)]) for i in range(REQUESTS_PER_POD * count)]
         by_pod = {pod: served_ids(deployed, pod) & set(sent) for pod in pods}
-        print(f"{count} pods: requests served per pod {[len(ids) for ids in by_pod.values()]}")
-        assert all(by_pod.values()), f"some pod served none of {len(sent)} requests: {by_pod}"
+        counts = {pod: len(ids) for pod, ids in by_pod.items()}
+        where = deployed.pod_nodes()
+        print(f"{count} pods: requests served per pod (node) {[(n, where[p]) for p, n in counts.items()]}")
+        assert all(counts.values()), f"some pod served none of {len(sent)} requests: {counts}"
         assert sorted(i for ids in by_pod.values() for i in ids) == sorted(sent)
+        # kube-proxy picks a pod per connection at random: no pod gets more than three times its share.
+        assert max(counts.values()) <= 3 * len(sent) / count, counts
+        if count == BALANCE_PODS:
+            assert sorted(Counter(where.values()).values()) == [count // 2, count // 2], where
+
+
+def test_the_demo_tour_walks_through_every_step_on_the_cluster(deployed: Deployed, tmp_path: Path) -> None:
+    env = {**os.environ, "KUBECONFIG": str(deployed.cluster.kubeconfig), "PYTHON": sys.executable, "IMAGE": IMAGE}
+    done = subprocess.run([str(TOUR)], capture_output=True, text=True, env=env, timeout=TOUR_TIMEOUT_S, check=False)
+    (tmp_path / "tour.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    headings = [line for line in done.stdout.splitlines() if re.match(r"== \d+\. ", line)]
+    print("\n".join(headings))
+    assert len(headings) == TOUR_STEPS
+    assert '"id":"tour-1"' in done.stdout
+    assert len(deployed.pods()) == TOUR_PODS
+    for worker in deployed.cluster.workers():
+        assert worker in done.stdout
 
 
 def test_lab_scales_the_deployment_and_reports_each_pod_count(deployed: Deployed, tmp_path: Path) -> None:
@@ -243,3 +334,43 @@ def test_lab_scales_the_deployment_and_reports_each_pod_count(deployed: Deployed
     report_rows = (out / "report" / "report.md").read_text().splitlines()
     for pods in LAB_PODS:
         assert any(row.startswith(f"| {pods} | ") for row in report_rows), f"no capacity row for {pods} pods"
+
+
+def run_fault(deployed: Deployed, fault: str, out: Path, *extra: str) -> dict:
+    deployed.scale(FAULT_PODS)
+    results = Path(FAULT_RESULTS_DIR) if FAULT_RESULTS_DIR else out
+    result_file = results / f"fault-{fault}.json"
+    run_logged([sys.executable, "-m", "clouddetect", "lab", "faults", fault, "--service-url", deployed.url,
+                "--out", str(result_file), "--users", str(FAULT_USERS), "--before-s", str(FAULT_BEFORE_S),
+                "--after-s", str(FAULT_AFTER_S), "--kubeconfig", str(deployed.cluster.kubeconfig),
+                "--namespace", deployed.namespace, "--deployment", deployed.deployment, *extra],
+               out / f"fault-{fault}.log", FAULT_TIMEOUT_S)
+    result = json.loads(result_file.read_text())
+    summary = {k: v for k, v in result.items() if k not in ("samples", "outcomes", "settings")}
+    print(f"{fault}: {summary}")
+    assert result["requests"] > 0 and result["requests_per_s_before"] > 0
+    return result
+
+
+def test_a_pod_deleted_under_load_fails_no_request(deployed: Deployed, tmp_path: Path) -> None:
+    result = run_fault(deployed, "pod-delete", tmp_path)
+    assert result["capacity_back_s"] is not None
+    assert result["failed_requests"] == 0, result["failures_by_kind"]
+
+
+def test_a_rolling_restart_under_load_fails_no_request(deployed: Deployed, tmp_path: Path) -> None:
+    result = run_fault(deployed, "rollout-restart", tmp_path)
+    assert result["failed_requests"] == 0, result["failures_by_kind"]
+
+
+def test_a_lost_worker_is_taken_out_of_the_service_and_its_pods_rescheduled(deployed: Deployed,
+                                                                             tmp_path: Path) -> None:
+    try:
+        result = run_fault(deployed, "node-loss", tmp_path, "--node", LOST_WORKER,
+                           "--stop-node-command", f"{TEST_CLUSTER} stop-node")
+    finally:
+        run_logged([str(TEST_CLUSTER), "start-node", LOST_WORKER], tmp_path / "start-node.log", CLUSTER_UP_TIMEOUT_S)
+    assert result["pods_on_node"] > 0
+    assert result["endpoints_off_lost_node_s"] is not None
+    assert result["rescheduled_s"] is not None
+    assert LOST_WORKER not in deployed.pod_nodes().values()

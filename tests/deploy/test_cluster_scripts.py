@@ -13,7 +13,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "cluster"
-NODE_ROLE_SCRIPTS = ["node-setup", "controller-init", "worker-join", "load-image", "deploy"]
+NODE_ROLE_SCRIPTS = ["node-setup", "controller-init", "worker-join", "load-image", "deploy", "tour"]
 SCRIPTS = [ROOT / "scripts" / "docker-engine", ROOT / "scripts" / "base-image", ROOT / "scripts" / "test-cluster",
            CLUSTER / "lib.sh",
            *(CLUSTER / name for name in NODE_ROLE_SCRIPTS)]
@@ -69,10 +69,12 @@ def test_kubeadm_kubelet_and_kubectl_are_pinned_to_one_version_and_held() -> Non
     assert f"--kubernetes-version v{version}" in planned("controller-init", "10.0.0.10")
 
 
-def test_nodes_get_containerd_with_the_systemd_cgroup_driver_and_no_swap() -> None:
+def test_nodes_get_docker_engine_and_its_containerd_with_cri_the_systemd_cgroup_driver_and_no_swap() -> None:
     plan = "\n".join(commands(planned("node-setup", "controller")))
-    assert "apt-get install" in plan and "containerd" in plan
-    assert "SystemdCgroup = true" in plan
+    (install,) = [c for c in plan.splitlines() if "apt-get install" in c and "docker-ce" in c]
+    assert "containerd.io" in install and "docker-ce-cli" in install
+    assert "https://download.docker.com/linux/ubuntu" in planned("node-setup", "controller")
+    assert "containerd config default" in plan and "SystemdCgroup = true" in plan
     assert "swapoff -a" in plan
     assert "net.ipv4.ip_forward = 1" in planned("node-setup", "controller")
 
@@ -81,9 +83,26 @@ def firewall_ports(role: str) -> set[str]:
     return {m for c in commands(planned("node-setup", role)) for m in re.findall(r"-p (\w+) .*--dport (\S+)", c)}
 
 
-def test_controller_firewall_opens_the_api_server_kubelet_and_network() -> None:
+def test_controller_firewall_opens_the_api_server_kubelet_network_and_node_ports() -> None:
     ports = {f"{proto}/{port}" for proto, port in firewall_ports("controller")}
-    assert {"tcp/6443", "tcp/2379:2380", "tcp/10250", "udp/8472"} <= ports
+    assert {"tcp/6443", "tcp/2379:2380", "tcp/10250", "udp/8472", "tcp/30000:32767"} <= ports
+
+
+@pytest.mark.parametrize("role", ["controller", "worker"])
+def test_firewall_rules_go_ahead_of_oracles_reject_rules_and_forward_the_pod_network(role: str) -> None:
+    rules = [c for c in commands(planned("node-setup", role)) if c.startswith("iptables ")]
+    assert rules and all(c.startswith("iptables -I ") for c in rules)
+    assert "iptables -I FORWARD -s 10.244.0.0/16 -j ACCEPT" in rules
+    assert "iptables -I FORWARD -d 10.244.0.0/16 -j ACCEPT" in rules
+
+
+def test_kubernetes_version_is_one_variable_on_a_supported_minor() -> None:
+    lib = (CLUSTER / "lib.sh").read_text()
+    (version,) = re.findall(r"^KUBERNETES_VERSION=\$\{KUBERNETES_VERSION:-(\d+)\.(\d+)\.(\d+)\}$", lib, re.MULTILINE)
+    assert (int(version[0]), int(version[1])) >= (1, 35)
+    moved = subprocess.run([str(CLUSTER / "node-setup"), "worker"], capture_output=True, text=True,
+                           env={**os.environ, "DRY_RUN": "1", "KUBERNETES_VERSION": "1.36.9"}).stdout
+    assert "kubeadm=1.36.9-1.1" in moved and "/v1.36/deb/" in moved
 
 
 def test_worker_firewall_opens_the_service_node_port_kubelet_and_network() -> None:
@@ -116,6 +135,8 @@ def test_load_image_copies_the_image_into_each_nodes_containerd() -> None:
         assert "docker save 'clouddetect:v1'" in command and f"ssh '{node}'" in command
         assert "ctr --namespace k8s.io images import -" in command
     assert dry_run("load-image").returncode == 2
+    (local,) = commands(planned("load-image", "local"))
+    assert "ssh" not in local and "sudo ctr --namespace k8s.io images import -" in local
 
 
 @pytest.mark.parametrize("replicas", [1, 2, 4, 8])

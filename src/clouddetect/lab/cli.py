@@ -11,6 +11,7 @@ import click
 from clouddetect.images import default_folder, image_files
 from clouddetect.lab.bundle import bundle_command
 from clouddetect.lab.experiment import Plan, Runner
+from clouddetect.lab.faults import faults
 from clouddetect.lab.link import client_link_conditions
 from clouddetect.lab.link_cli import link
 from clouddetect.lab.load import LoadError, LoadSettings
@@ -130,6 +131,7 @@ def _platform(options: dict[str, Any], pods: int) -> Platform:
 
 lab.add_command(link)
 lab.add_command(bundle_command)
+lab.add_command(faults)
 
 
 @lab.command("report")

@@ -1,0 +1,300 @@
+"""What users see when a pod or a node goes away under steady load: failed requests, and how long recovery takes.
+
+A closed loop of users sends the test images through the Service, each user on a keep-alive connection of its own
+(as browsers and Locust's users do), while one fault is injected: a pod deleted, a rolling restart, or a node lost
+(stopped by a command the caller gives, e.g. powering off a VM). Every request is recorded with its time and
+outcome, and the Deployment's pods and the Service's endpoints are sampled meanwhile; the result is one JSON file
+the report can read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+from clouddetect.answers import ENDPOINT
+from clouddetect.images import default_folder, encode_file, image_files
+from clouddetect.lab.platform import Kubernetes, PlatformError, is_serving, poll
+
+FAULTS = ("pod-delete", "rollout-restart", "node-loss")
+POD_PORT = 5000  # the pods' own port; faults read nothing from pods directly
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    users: int
+    before_s: float  # steady load before the fault
+    after_s: float  # load kept up once the Deployment is whole again
+    recovery_timeout_s: float
+    request_timeout_s: float
+    poll_interval_s: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    started_s: float
+    ended_s: float
+    error: str | None  # None: a 200 answer
+
+
+@dataclass
+class Sample:
+    at_s: float
+    ready_pods: int
+    pods_by_node: dict[str, int]
+    endpoint_nodes: dict[str, int]
+
+
+@dataclass
+class Timeline:
+    samples: list[Sample] = field(default_factory=list)
+
+
+class LoadLoop:
+    """``users`` threads sending images back to back until stopped; each keeps one session (keep-alive)."""
+
+    def __init__(self, url: str, images: Path, users: int, request_timeout_s: float, clock: Callable[[], float]):
+        self.url = url.rstrip("/") + ENDPOINT
+        self.bodies = [encode_file(path) for path in image_files(images)]
+        self.users = users
+        self.request_timeout_s = request_timeout_s
+        self.clock = clock
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(users)]
+
+    def __enter__(self) -> LoadLoop:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _user(self, index: int) -> None:
+        session = requests.Session()
+        sent = index
+        while not self._stop.is_set():
+            body = {"id": str(uuid.uuid4()), "image": self.bodies[sent % len(self.bodies)]}
+            sent += self.users
+            started = self.clock()
+            try:
+                response = session.post(self.url, json=body, timeout=self.request_timeout_s)
+                error = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                error = type(exc).__name__
+            self.outcomes.append(Outcome(started, self.clock(), error))
+
+
+class Cluster(Kubernetes):
+    """The lab's Deployment on Kubernetes, and what a fault needs besides: endpoints by node, a pod deleted, a
+    rolling restart."""
+
+    def __init__(self, namespace: str, deployment: str, service: str, kubeconfig: str | None,
+                 recovery_timeout_s: float, poll_interval_s: float):
+        super().__init__(namespace, deployment, service, None, POD_PORT, recovery_timeout_s, poll_interval_s,
+                         kubeconfig)
+
+    def replicas(self) -> int:
+        return self.apps.read_namespaced_deployment(self.deployment, self.namespace).spec.replicas
+
+    def sample(self, at_s: float) -> Sample:
+        serving = [p for p in self._listed_pods() if is_serving(p)]
+        endpoints = self.core.read_namespaced_endpoints(self.service, self.namespace)
+        endpoint_nodes: Counter[str] = Counter()
+        for subset in endpoints.subsets or []:
+            for address in subset.addresses or []:
+                endpoint_nodes[address.node_name or "?"] += 1
+        return Sample(at_s, len(serving), dict(Counter(p.spec.node_name for p in serving)), dict(endpoint_nodes))
+
+    def pods_on(self, node: str) -> int:
+        return sum(1 for p in self._listed_pods() if p.spec.node_name == node)
+
+    def delete_pod(self, name: str) -> None:
+        self.core.delete_namespaced_pod(name, self.namespace)
+
+    def restart(self) -> None:
+        """What ``kubectl rollout restart`` does: a new template annotation, so every pod is replaced."""
+        stamp = datetime.now(UTC).isoformat()
+        patch = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}}
+        self.apps.patch_namespaced_deployment(self.deployment, self.namespace, patch)
+
+    def rolled_out(self) -> bool:
+        """As ``kubectl rollout status`` judges it: the new template observed, every pod updated and available."""
+        deployment = self.apps.read_namespaced_deployment(self.deployment, self.namespace)
+        status, wanted = deployment.status, deployment.spec.replicas
+        return (status.observed_generation or 0) >= deployment.metadata.generation and all(
+            (count or 0) == wanted for count in (status.updated_replicas, status.available_replicas, status.replicas))
+
+
+def sample_until(cluster: Cluster, timeline: Timeline, stop: threading.Event, clock: Callable[[], float],
+                 interval_s: float) -> None:
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    while not stop.is_set():
+        with contextlib.suppress(ApiException, HTTPError):  # a sample missed; the next one comes
+            timeline.samples.append(cluster.sample(clock()))
+        stop.wait(interval_s)
+
+
+def first_time(samples: list[Sample], after_s: float, condition: Callable[[Sample], bool]) -> float | None:
+    """Seconds after ``after_s`` until the first sample that meets ``condition``."""
+    return next((s.at_s - after_s for s in samples if s.at_s >= after_s and condition(s)), None)
+
+
+def summarise(fault: str, detail: dict[str, Any], outcomes: list[Outcome], timeline: Timeline, fault_at_s: float,
+              replicas: int, settings: FaultSettings) -> dict[str, Any]:
+    failed = [o for o in outcomes if o.error]
+    samples = timeline.samples
+    lost_node = detail.get("node")
+    result: dict[str, Any] = {
+        "fault": fault, **detail, "replicas": replicas, "settings": asdict(settings),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "requests": len(outcomes), "failed_requests": len(failed),
+        "failures_by_kind": dict(Counter(o.error for o in failed)),
+        "first_failure_s": min((o.started_s - fault_at_s for o in failed), default=None),
+        "last_failure_s": max((o.ended_s - fault_at_s for o in failed), default=None),
+        "requests_per_s_before": rate(outcomes, 0.0, fault_at_s),
+        # From the fault until all pods serve again after the first sample with fewer.
+        "capacity_back_s": capacity_back(samples, fault_at_s, replicas),
+        "samples": [asdict(s) for s in samples],
+        "outcomes": [[round(o.started_s - fault_at_s, 3), round(o.ended_s - fault_at_s, 3), o.error]
+                     for o in outcomes],
+    }
+    if lost_node:
+        result["endpoints_off_lost_node_s"] = first_time(samples, fault_at_s,
+                                                         lambda s: s.endpoint_nodes.get(lost_node, 0) == 0)
+        result["rescheduled_s"] = first_time(samples, fault_at_s, lambda s: s.ready_pods == replicas and
+                                             s.pods_by_node.get(lost_node, 0) == 0)
+        result["capacity_back_s"] = result["rescheduled_s"]
+    return result
+
+
+def capacity_back(samples: list[Sample], fault_at_s: float, replicas: int) -> float | None:
+    dip = next((s.at_s for s in samples if s.at_s >= fault_at_s and s.ready_pods < replicas), None)
+    back = None if dip is None else first_time(samples, dip, lambda s: s.ready_pods == replicas)
+    return None if dip is None or back is None else round(dip + back - fault_at_s, 1)
+
+
+def rate(outcomes: list[Outcome], from_s: float, to_s: float) -> float:
+    answered = sum(1 for o in outcomes if o.error is None and from_s <= o.ended_s < to_s)
+    return round(answered / (to_s - from_s), 2) if to_s > from_s else 0.0
+
+
+def inject(fault: str, cluster: Cluster, node: str | None, stop_node_command: str | None) -> dict[str, Any]:
+    """Injects the fault; returns what was hit."""
+    if fault == "pod-delete":
+        victim = cluster.pods()[0]
+        cluster.delete_pod(victim)
+        return {"pod": victim}
+    if fault == "rollout-restart":
+        cluster.restart()
+        return {}
+    if not node or not stop_node_command:
+        raise PlatformError("node-loss needs the node and the command that stops it")
+    command = [*shlex.split(stop_node_command), node]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise PlatformError(f"{shlex.join(command)} failed: {done.stderr.strip()}")
+    return {"node": node, "pods_on_node": cluster.pods_on(node)}
+
+
+def recovered(fault: str, cluster: Cluster, timeline: Timeline, fault_at_s: float, node: str | None) -> bool | None:
+    """Whether the Deployment is whole again: rolled out, or all pods serving after a dip (and none on a lost node)."""
+    if fault == "rollout-restart":
+        return True if cluster.rolled_out() else None
+    late = [s for s in timeline.samples if s.at_s > fault_at_s]
+    if not late or late[-1].ready_pods != cluster.replicas():
+        return None
+    if fault == "node-loss":
+        return True if late[-1].pods_by_node.get(node or "", 0) == 0 else None
+    return True if any(s.ready_pods < late[-1].ready_pods for s in late) else None
+
+
+def run_fault(fault: str, url: str, images: Path, cluster: Cluster, settings: FaultSettings, out: Path,
+              echo: Callable[[str], None], node: str | None = None, stop_node_command: str | None = None,
+              ) -> dict[str, Any]:
+    """Steady load, the fault, load until the Deployment is whole again (and ``after_s`` more); writes ``out``."""
+    origin = time.monotonic()
+
+    def clock() -> float:
+        return time.monotonic() - origin
+
+    replicas = cluster.replicas()
+    timeline = Timeline()
+    stop_sampling = threading.Event()
+    sampler = threading.Thread(target=sample_until, args=(cluster, timeline, stop_sampling, clock,
+                                                          settings.poll_interval_s), daemon=True)
+    sampler.start()
+    with LoadLoop(url, images, settings.users, settings.request_timeout_s, clock) as load:
+        echo(f"{settings.users} users on {url}; {fault} in {settings.before_s:g} s")
+        time.sleep(settings.before_s)
+        fault_at_s = clock()
+        detail = inject(fault, cluster, node, stop_node_command)
+        echo(f"{fault} at {fault_at_s:.1f} s: {detail or 'done'}; waiting for the Deployment to be whole again")
+        try:
+            poll(lambda: recovered(fault, cluster, timeline, fault_at_s, node), settings.recovery_timeout_s,
+                 settings.poll_interval_s, f"{cluster.deployment} whole again after {fault}")
+        finally:
+            time.sleep(settings.after_s)
+    stop_sampling.set()
+    sampler.join()
+    result = summarise(fault, detail, load.outcomes, timeline, fault_at_s, replicas, settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    echo(f"{fault}: {result['failed_requests']} of {result['requests']} requests failed "
+         f"{result['failures_by_kind']}; capacity back after {result['capacity_back_s']} s; written to {out}")
+    return result
+
+
+@click.command("faults")
+@click.argument("fault", type=click.Choice(FAULTS))
+@click.option("--service-url", required=True, help="Where the load goes, e.g. the NodePort on the controller.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON result file.")
+@click.option("--users", default=8, show_default=True, type=click.IntRange(min=1), help="Closed-loop users.")
+@click.option("--before-s", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="Steady load before the fault.")
+@click.option("--after-s", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Load kept up once the Deployment is whole again.")
+@click.option("--recovery-timeout-s", default=300.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--request-timeout-s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="An answer slower than this is a failed request.")
+@click.option("--poll-interval-s", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Time between samples of the pods and the Service's endpoints.")
+@click.option("--node", help="node-loss: the node to lose.")
+@click.option("--stop-node-command", help="node-loss: a command that stops the node named after it, "
+                                          "e.g. 'scripts/test-cluster stop-node'.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images to send [default: $CLOUDDETECT_IMAGES or ../shared/datasets/inputfolder].")
+@click.option("--namespace", default="default", show_default=True)
+@click.option("--deployment", default="clouddetect", show_default=True)
+@click.option("--service", default="clouddetect", show_default=True)
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="[default: as kubectl finds it]")
+def faults(fault: str, **options: Any) -> None:
+    """Inject FAULT (pod-delete, rollout-restart, node-loss) under steady load; record what users saw as JSON."""
+    settings = FaultSettings(options["users"], options["before_s"], options["after_s"], options["recovery_timeout_s"],
+                             options["request_timeout_s"], options["poll_interval_s"])
+    try:
+        cluster = Cluster(options["namespace"], options["deployment"], options["service"], options["kubeconfig"],
+                          settings.recovery_timeout_s, settings.poll_interval_s)
+        run_fault(fault, options["service_url"], options["images"] or default_folder(), cluster, settings,
+                  options["out"], click.echo, options["node"], options["stop_node_command"])
+    except PlatformError as exc:
+        raise click.ClickException(str(exc)) from None
