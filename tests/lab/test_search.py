@@ -17,7 +17,7 @@ from clouddetect.lab.search import SearchSettings, Step, find_capacity, first_gu
 MAX_USERS = 3000
 TIMEOUT_S = 30.0
 SETTINGS = SearchSettings(spawn_rate=2.0, confirm_spawn_rate=1.0, hold_s=60.0, max_users=MAX_USERS,
-                          step_down_pct=10.0, start_fraction=0.5, slo_p95_s=2.0, slo_hold_s=30.0)
+                          step_down_pct=10.0, start_fraction=0.6, slo_p95_s=2.0, slo_hold_s=20.0)
 
 
 def outcome(users: int, first_failure_users: int | None, held_s: float | None = None, *, sent: int = 100,
@@ -58,7 +58,7 @@ def test_search_jumps_then_confirms_one_below_the_first_failure_from_the_safe_le
     search, confirm = service.asked[:2]
     assert search.start_fraction == SETTINGS.start_fraction and search.users == MAX_USERS
     assert confirm.users == 125 and confirm.spawn_rate == SETTINGS.confirm_spawn_rate
-    assert confirm.start_users == 75  # the search's jump level: 0.5 x 5 req/s x 30 s
+    assert confirm.start_users == 90  # the search's jump level: 0.6 x 5 req/s x 30 s
     assert confirm.hold_s == SETTINGS.hold_s
     assert capacity.breaking_users == 126
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_since, window_means
+from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_at, window_means
 
 
 def steady(seconds: int, rps: float, mean_ms: float, users: int = 10) -> list[Sample]:
@@ -58,11 +58,11 @@ def test_a_service_that_keeps_up_is_not_saturated() -> None:
     assert not probe.saturated and probe.rps is None
 
 
-def test_the_load_a_failed_request_met_is_the_mean_users_while_it_waited() -> None:
+def test_the_load_a_failed_request_met_is_the_users_when_it_was_sent() -> None:
     history = [(100.0 + t, 10 + 2 * t) for t in range(31)]
-    assert users_since(history, 100.0) == 40
-    assert users_since(history, 120.0) == 60
-    assert users_since(history, 50.0) == 40  # before the first sample: from the start
+    assert users_at(history, 100.0) == 10
+    assert users_at(history, 120.5) == 50
+    assert users_at(history, 50.0) is None  # before the step began
 
 
 def test_a_failure_before_saturation_was_seen_takes_the_best_window() -> None:

@@ -64,7 +64,7 @@ def lab() -> None:
               help="Most a window's mean response time may differ from the hold's (and the trend may rise).")
 @click.option("--max-extension-s", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Longest a hold is extended while its response times are not stable.")
-@click.option("--start-fraction", default=0.5, show_default=True, type=click.FloatRange(min=0, max=1),
+@click.option("--start-fraction", default=0.6, show_default=True, type=click.FloatRange(min=0, max=1),
               help="Once saturated, the search jumps to this share of throughput x timeout (0: ramp all the way).")
 @click.option("--jump-spawn-rate", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Users started per second when jumping to a level known to be safe.")
@@ -72,7 +72,7 @@ def lab() -> None:
               help="Window over which the search measures throughput to find saturation.")
 @click.option("--slo-p95-s", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="Latency objective: also find the most users held with a p95 response time within it (0: skip).")
-@click.option("--slo-hold-s", default=30.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--slo-hold-s", default=20.0, show_default=True, type=click.FloatRange(min=0),
               help="Time the users within the latency objective are held.")
 @click.option("--wait-s", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="Think time of each user between an answer and its next request (0: back to back).")

@@ -144,6 +144,7 @@ def environment_table(experiments: Sequence[Experiment]) -> Table:
 def figures(experiments: Sequence[Experiment], out_dir: Path) -> list[tuple[plots.Drawn, str]]:
     """Every figure that has data, with its caption; a figure without data is left out."""
     runs = [r for e in experiments for r in e.runs]
+    out_dir.mkdir(parents=True, exist_ok=True)
     candidates = [
         (plots.per_pods(by_configuration(runs, "max_users"), "users with no failed request",
                         "Capacity against pods", out_dir / "max_users_vs_pods.png"),
@@ -170,7 +171,6 @@ def figures(experiments: Sequence[Experiment], out_dir: Path) -> list[tuple[plot
 
 def build(experiments: Sequence[Experiment], out_dir: Path) -> list[Block]:
     runs = [r for e in experiments for r in e.runs]
-    out_dir.mkdir(parents=True, exist_ok=True)
     images = [Image(drawn.path.name, caption) for drawn, caption in figures(experiments, out_dir)]
     return [
         "# Capacity of CloudDetect",

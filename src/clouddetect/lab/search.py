@@ -27,9 +27,9 @@ class SearchSettings:
     hold_s: float
     max_users: int
     step_down_pct: float
-    start_fraction: float = 0.5
+    start_fraction: float = 0.6
     slo_p95_s: float = 0.0  # 0: no latency objective
-    slo_hold_s: float = 30.0
+    slo_hold_s: float = 20.0
     wait_s: float = 0.0
 
 

@@ -33,7 +33,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import RequestStats
 
 from clouddetect.lab.load import PROGRESS_PREFIX
-from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_since, window_means
+from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_at, window_means
 from clouddetect.loadtest import tally
 
 # Failures reach a distributed master as the repr of the worker's exception.
@@ -149,9 +149,9 @@ class CapacityShape(LoadTestShape):
         return done_at is not None and self._tally().first_failure_sent_at(done_at) is not None
 
     def _users_at_first_failure(self, users_now: int) -> int:
-        """Mean users while the first (counted) failed request waited: the load that made it fail."""
+        """Users when the first (counted) failed request was sent: the load that made it fail."""
         sent_at = self._tally().first_failure_sent_at(self.jump_done_wall or 0.0)
-        met = None if sent_at is None else users_since(self.history, sent_at)
+        met = None if sent_at is None else users_at(self.history, sent_at)
         return users_now if met is None else max(1, met)
 
     def _tally(self) -> tally.Tally:

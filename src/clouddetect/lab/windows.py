@@ -14,7 +14,6 @@ shape (``shape.py``) feeds it one sample per second.
 
 from __future__ import annotations
 
-import math
 import statistics
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -101,12 +100,11 @@ class SaturationProbe:
         return None
 
 
-def users_since(history: list[tuple[float, int]], wall_s: float) -> int | None:
-    """Mean users from wall-clock time ``wall_s`` to the end of ``history`` ((wall time, users) pairs in time order).
+def users_at(history: list[tuple[float, int]], wall_s: float) -> int | None:
+    """Users running at wall-clock time ``wall_s``, from (wall time, users) pairs in time order.
 
-    The service does not answer in arrival order, so a request's wait depends on every user running while it
-    waits, not only on those running when it was sent: this is the load a failed request met.
+    The service answers in about the order requests arrive, so a request's wait is set by the users running when
+    it was sent: that is the load a failed request met, not the larger one when its timeout was seen.
     """
-    first = max(0, bisect_right([t for t, _ in history], wall_s) - 1)
-    users = [u for _, u in history[first:]]
-    return math.floor(statistics.fmean(users)) if users else None
+    index = bisect_right([t for t, _ in history], wall_s) - 1
+    return history[index][1] if index >= 0 else None
