@@ -98,7 +98,7 @@ class CapacityShape(LoadTestShape):
         self.history.append((time.time(), users))
         self._progress(now_s, users, options.lab_progress_interval_s)
         if total.num_failures and self._failure_counts(options):
-            self.first_failure_users = self._users_at_first_failure(users)
+            self.first_failure_users = self._users_at_first_failure(users, options)
             self.probe.overloaded = True
             return self._stop(now_s)
         if options.lab_start_fraction > 0:
@@ -148,9 +148,10 @@ class CapacityShape(LoadTestShape):
         done_at = self.jump_done_wall
         return done_at is not None and self._tally().first_failure_sent_at(done_at) is not None
 
-    def _users_at_first_failure(self, users_now: int) -> int:
+    def _users_at_first_failure(self, users_now: int, options: Any) -> int:
         """Users when the first (counted) failed request was sent: the load that made it fail."""
-        sent_at = self._tally().first_failure_sent_at(self.jump_done_wall or 0.0)
+        counted_from = self.jump_done_wall if options.lab_start_fraction > 0 and self.jump_done_wall else 0.0
+        sent_at = self._tally().first_failure_sent_at(counted_from)
         met = None if sent_at is None else users_at(self.history, sent_at)
         return users_now if met is None else max(1, met)
 
