@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -112,8 +113,16 @@ def locust_command(url: str, step: StepPlan, load: LoadSettings, prefix: Path) -
         "--lab-outcome", str(outcome_path(prefix)), "--lab-progress-interval-s", str(load.progress_interval_s),
     ]
     if load.locust_processes:
-        command += ["--processes", str(load.locust_processes)]
+        # Locust's default master port is shared by every Locust on the machine: take a free one.
+        port = str(free_port())
+        command += ["--processes", str(load.locust_processes), "--master-bind-port", port, "--master-port", port]
     return command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def outcome_path(prefix: Path) -> Path:

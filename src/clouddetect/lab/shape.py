@@ -161,14 +161,25 @@ class CapacityShape(LoadTestShape):
         return tally.LOCAL
 
     def _stop(self, now_s: float) -> None:
-        """No new requests; those in flight finish (up to Locust's stop timeout) and are judged."""
+        """No new requests; those in flight finish (up to Locust's stop timeout) and are judged.
+
+        A local runner stops its users itself. A distributed master sends its workers zero users instead (stopping
+        them would leave the workers waiting for a master that quits), then hears their last counts.
+        """
         self.stopped_s = now_s
         print(f"{PROGRESS_PREFIX} {now_s:.0f} s, stopping; waiting for the requests in flight", flush=True)
-        self.runner.stop()
+        if isinstance(self.runner, MasterRunner):
+            self.runner.start(0, spawn_rate=max(1.0, float(self.runner.user_count)))
+        else:
+            self.runner.stop()
         deadline = time.monotonic() + self.runner.environment.parsed_options.lab_drain_timeout_s
-        while self._tally().judged < self._tally().sent and time.monotonic() < deadline:
-            gevent.sleep(DRAIN_POLL_S)  # a distributed master hears its workers' counts every few seconds
+        while not self._drained() and time.monotonic() < deadline:
+            gevent.sleep(DRAIN_POLL_S)
         return None
+
+    def _drained(self) -> bool:
+        counted = self._tally()
+        return self.runner.user_count == 0 and counted.judged >= counted.sent
 
     def _progress(self, now_s: float, users: int, interval_s: float) -> None:
         if now_s - self.last_progress_s < interval_s:
