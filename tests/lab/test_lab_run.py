@@ -150,6 +150,16 @@ def test_a_tiny_timeout_breaks_on_timeouts_and_confirms_fewer_users(tmp_path: Pa
     assert experiment["environment"]["service"]["engine"] is None  # the service does not name it (yet)
 
 
+def test_with_locust_worker_processes_every_request_is_still_judged(tmp_path: Path, images: list[Path]) -> None:
+    out = tmp_path / "experiment"
+    with live_server(tmp_path, "--max-waiting-requests", "2") as server:
+        lab(*lab_run_args(server, out, images, "--repeats", "1", "--locust-processes", "2"))
+    [run] = runs(out)
+    assert run["max_users"] >= 1
+    assert run["requests_sent"] == run["requests_judged"] > 0
+    assert all(step["requests_sent"] == step["requests_judged"] for step in run["steps"])
+
+
 def test_interrupted_experiment_keeps_finished_runs_and_resumes(tmp_path: Path, images: list[Path]) -> None:
     out = tmp_path / "experiment"
     with live_server(tmp_path, "--max-waiting-requests", "2") as server:

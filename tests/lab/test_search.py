@@ -52,13 +52,13 @@ class ClosedLoopService:
                             p95_ms=mean_ms * self.p95_over_mean + self.floor_ms), {"pod-a": 100})
 
 
-def test_search_jumps_then_confirms_one_below_the_first_failure_from_the_safe_level() -> None:
+def test_search_jumps_then_confirms_one_below_the_first_failure_ramping_its_last_step() -> None:
     service = ClosedLoopService(capacity=120)
     capacity = find_capacity(service.measure, SETTINGS)
     search, confirm = service.asked[:2]
     assert search.start_fraction == SETTINGS.start_fraction and search.users == MAX_USERS
     assert confirm.users == 125 and confirm.spawn_rate == SETTINGS.confirm_spawn_rate
-    assert confirm.start_users == 90  # the search's jump level: 0.6 x 5 req/s x 30 s
+    assert confirm.start_users == 112  # quickly to one step-down (10 %) below, then 1 user/s
     assert confirm.hold_s == SETTINGS.hold_s
     assert capacity.breaking_users == 126
 

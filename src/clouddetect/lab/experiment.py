@@ -60,7 +60,9 @@ def expected_run_s(pods: int, search: SearchSettings, load: LoadSettings, pod_rp
     jump_s = start / load.jump_spawn_rate
     probe_s = 2 * load.probe_window_s
     search_s = probe_s + jump_s + (capacity - start) / search.spawn_rate + load.timeout_s + response_s
-    confirm_s = jump_s + (capacity - start) / search.confirm_spawn_rate + search.hold_s + response_s
+    ramped = min(capacity, max(1.0, capacity * search.step_down_pct / 100)) if search.start_fraction else capacity
+    confirm_s = ((capacity - ramped) / load.jump_spawn_rate + ramped / search.confirm_spawn_rate + search.hold_s
+                 + response_s)
     slo_s = 0.0
     if search.slo_p95_s:
         slo_users = min(capacity, rps * (search.slo_p95_s + load.wait_s))
@@ -102,7 +104,7 @@ class Runner:
                 self.experiment.add(record)
                 self.say(f"{pods} pods, repeat {repeat}/{self.plan.repeats}: max {record.max_users} users "
                          f"(timeout {record.timeout_s:g} s), avg {_ms(record.avg_ms)}, p95 {_ms(record.p95_ms)}, "
-                         f"saturation {record.saturation_rps or 0:.1f} req/s, users within the objective "
+                         f"saturation {_rps(record.saturation_rps)}, users within the objective "
                          f"{record.slo_users if record.slo_users is not None else '-'}; "
                          f"took {record.duration_s:.0f} s; recorded")
 
@@ -174,6 +176,10 @@ def _step_record(outcome: StepOutcome) -> StepRecord:
                       first_failure_users=outcome.first_failure_users, held_s=outcome.held_s,
                       stable=outcome.stable, p95_ms=outcome.p95_ms, requests_sent=outcome.requests_sent,
                       requests_judged=outcome.requests_judged)
+
+
+def _rps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} req/s"
 
 
 def _ms(value: float | None) -> str:

@@ -3,9 +3,9 @@
 The search ramp first measures the saturation throughput, then jumps to a share of throughput x timeout (users
 without think time fail near 0.75 x throughput x timeout) and ramps on from there until the first failed request.
 Max users = the users when that request was sent, minus one: the first guess. Each guess is confirmed by reaching
-it gently (quickly up to the search's jump level, known to be safe, then at the confirm spawn rate) and holding it
-until its response times are stable; a failed confirmation steps down (by a share of the users, or below the count
-at which it failed, whichever is lower) and confirms again.
+it (quickly up to one step-down below it, then at the confirm spawn rate) and holding it until its response times
+are stable; a failed confirmation steps down (by a share of the users, or below the count at which it failed,
+whichever is lower) and confirms again.
 
 Then, with a latency objective set, the users that keep the p95 response time within it are found the same way:
 the guess comes from Little's law (users = throughput x (response time + think time)) and is held.
@@ -86,6 +86,17 @@ def step_down(failed: StepOutcome, step_down_pct: float) -> int:
     return lower
 
 
+def quick_start(users: int, settings: SearchSettings) -> int:
+    """Users a confirmation reaches quickly (the level a failure would step down to) before its gentle ramp.
+
+    Users that never pause keep one request each in the service whatever their arrival, so a burst of them settles
+    at once into the load a gentle ramp reaches; only the last step is ramped, to see where a failure starts.
+    """
+    if settings.start_fraction <= 0:
+        return 0
+    return max(0, users - max(1, math.ceil(users * settings.step_down_pct / 100)))
+
+
 def slo_guess(held: StepOutcome, saturation_rps: float, slo_p95_s: float, wait_s: float, max_users: int) -> int:
     """Users whose p95 should just meet the objective: Little's law with the mean/p95 ratio of the held load."""
     assert held.avg_ms and held.p95_ms
@@ -103,9 +114,8 @@ def find_capacity(measure: Measure, settings: SearchSettings) -> Capacity:
     capacity = Capacity(search)
     users = first_guess(search.outcome, settings.max_users)
     while users >= 1:
-        start = search.outcome.start_users if search.outcome.start_users < users else 0
         step = measure(StepPlan(f"confirm-{len(capacity.confirmations) + 1}", users, settings.confirm_spawn_rate,
-                                settings.hold_s, start_users=start))
+                                settings.hold_s, start_users=quick_start(users, settings)))
         capacity.confirmations.append(step)
         if step.outcome.passed:
             break
