@@ -40,3 +40,10 @@ def test_resuming_keeps_the_first_environment_and_refuses_other_conditions(tmp_p
     assert resumed.environment == ENVIRONMENT
     with pytest.raises(ExperimentError, match="timeout_s: recorded 30.0, asked 5.0"):
         Experiment.open(tmp_path / "e", {**CONDITIONS, "timeout_s": 5.0}, ENVIRONMENT)
+
+
+def test_runs_recorded_in_another_format_are_a_clear_error(tmp_path: Path) -> None:
+    Experiment.open(tmp_path / "e", CONDITIONS, ENVIRONMENT)
+    (tmp_path / "e" / "runs.json").write_text(json.dumps([{"pods": 1, "max_users": 3}]))
+    with pytest.raises(ExperimentError, match="another format"):
+        Experiment.load(tmp_path / "e")

@@ -61,7 +61,8 @@ def test_a_service_that_keeps_up_is_not_saturated() -> None:
 def test_the_load_a_failed_request_met_is_the_users_when_it_was_sent() -> None:
     history = [(100.0 + t, 10 + 2 * t) for t in range(31)]
     assert users_at(history, 100.0) == 10
-    assert users_at(history, 120.5) == 50
+    assert users_at(history, 120.5) == 52  # counted at the next second, while users are being added
+    assert users_at(history, 140.5) == 70  # after the last count: the last one
     assert users_at(history, 50.0) is None  # before the step began
 
 

@@ -141,7 +141,10 @@ class Experiment:
         if not conditions_file.exists():
             raise ExperimentError(f"{directory} holds no experiment ({CONDITIONS_FILE} is missing)")
         runs_file = directory / RUNS_JSON
-        runs = [_run(r) for r in json.loads(runs_file.read_text())] if runs_file.exists() else []
+        try:
+            runs = [_run(r) for r in json.loads(runs_file.read_text())] if runs_file.exists() else []
+        except (TypeError, KeyError) as exc:
+            raise ExperimentError(f"{runs_file} has runs in another format ({exc}); measure again") from None
         conditions = json.loads(conditions_file.read_text())
         environment = conditions.pop(ENVIRONMENT_KEY, {})
         return cls(directory, conditions, runs, environment)

@@ -15,7 +15,7 @@ shape (``shape.py``) feeds it one sample per second.
 from __future__ import annotations
 
 import statistics
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 SATURATED_SHARE = 0.5
@@ -101,10 +101,13 @@ class SaturationProbe:
 
 
 def users_at(history: list[tuple[float, int]], wall_s: float) -> int | None:
-    """Users running at wall-clock time ``wall_s``, from (wall time, users) pairs in time order.
+    """Users running when a request was sent at wall-clock time ``wall_s``, from (wall time, users) pairs.
 
     The service answers in about the order requests arrive, so a request's wait is set by the users running when
-    it was sent: that is the load a failed request met, not the larger one when its timeout was seen.
+    it was sent: that is the load a failed request met, not the larger one when its timeout was seen. Users are
+    counted once a second, while some are being added: the count at the next second bounds it.
     """
-    index = bisect_right([t for t, _ in history], wall_s) - 1
-    return history[index][1] if index >= 0 else None
+    if not history or wall_s < history[0][0]:
+        return None
+    index = min(bisect_left([t for t, _ in history], wall_s), len(history) - 1)
+    return history[index][1]
