@@ -51,7 +51,7 @@ def expected_run_s(pods: int, search: SearchSettings, load: LoadSettings, pod_rp
     """How long one run should take if its first guesses hold, from the time each phase needs at ``pod_rps``.
 
     Users without think time fail near ``EXPECTED_CAPACITY_SHARE`` x throughput x timeout; the requests in flight
-    when a step ends take about one response time to be judged.
+    when a step ends take about one response time to be judged; the first timeout is seen a timeout after it began.
     """
     rps = pods * pod_rps
     capacity = min(search.max_users, rps * (EXPECTED_CAPACITY_SHARE * load.timeout_s + load.wait_s))
@@ -59,7 +59,9 @@ def expected_run_s(pods: int, search: SearchSettings, load: LoadSettings, pod_rp
     response_s = min(load.timeout_s, capacity / rps)
     jump_s = start / load.jump_spawn_rate
     probe_s = 2 * load.probe_window_s
-    search_s = probe_s + jump_s + (capacity - start) / search.spawn_rate + load.timeout_s + response_s
+    # After the first timeout the service still works off the requests of users added while it was coming.
+    backlog_s = search.spawn_rate * load.timeout_s / rps
+    search_s = probe_s + jump_s + (capacity - start) / search.spawn_rate + load.timeout_s + response_s + backlog_s
     ramped = min(capacity, max(1.0, capacity * search.step_down_pct / 100)) if search.start_fraction else capacity
     confirm_s = ((capacity - ramped) / load.jump_spawn_rate + ramped / search.confirm_spawn_rate + search.hold_s
                  + response_s)
