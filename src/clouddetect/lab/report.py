@@ -2,6 +2,7 @@
 
 Experiments measured from different places (the controller node, a remote VM) are merged here; the client
 location of each run keeps them apart. Each figure is the mean over repeats +- the sample standard deviation.
+Scaling efficiency is a pod count's saturation throughput over that of 1 pod times the pods (1.0: linear).
 """
 
 from __future__ import annotations
@@ -53,24 +54,45 @@ def by_configuration(runs: Sequence[RunRecord], field: str) -> dict[str, dict[in
     }
 
 
-def format_summary(summary: Summary | None, unit: str = "") -> str:
+def format_summary(summary: Summary | None, unit: str = "", digits: int = 0) -> str:
     if summary is None:
         return "-"
-    return f"{summary.mean:.0f} ± {summary.std:.0f}{unit} (n={summary.n})"
+    return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}{unit} (n={summary.n})"
 
 
 def capacity_table(runs: Sequence[RunRecord]) -> Table:
-    users = by_configuration(runs, "max_users")
-    times = by_configuration(runs, "avg_ms")
-    locations = sorted(users)
-    header = ["pods"] + [f"{name} ({loc})" for loc in locations for name in ("max users", "avg response time")]
+    """Per pod count and client location: the assignment's figure beside the ones that describe the service."""
+    timeouts = sorted({r.timeout_s for r in runs})
+    objectives = sorted({r.slo_p95_s for r in runs if r.slo_p95_s})
+    columns = [  # field, title, unit, decimals
+        ("max_users", f"max users (timeout {_list(timeouts)} s)", "", 0),
+        ("avg_ms", "mean", " ms", 0), ("median_ms", "median", " ms", 0), ("p95_ms", "p95", " ms", 0),
+        ("p99_ms", "p99", " ms", 0), ("saturation_rps", "saturation req/s", "", 1),
+        ("slo_users", f"users within p95 ≤ {_list(objectives)} s", "", 0),
+    ]
+    summaries = {name: by_configuration(runs, name) for name, _, _, _ in columns}
+    saturation = summaries["saturation_rps"]
+    locations = sorted({r.client_location for r in runs})
+    header = ["pods"] + [f"{title} ({loc})" for loc in locations
+                         for title in [t for _, t, _, _ in columns] + ["scaling efficiency"]]
     rows = []
     for pods in sorted({r.pods for r in runs}):
         row = [str(pods)]
         for location in locations:
-            row += [format_summary(users[location].get(pods)), format_summary(times[location].get(pods), " ms")]
+            row += [format_summary(summaries[name].get(location, {}).get(pods), unit, digits)
+                    for name, _, unit, digits in columns]
+            row.append(_optional(scaling_efficiency(saturation.get(location, {}), pods), 2))
         rows.append(row)
     return Table(header, rows)
+
+
+def scaling_efficiency(saturation_by_pods: dict[int, Summary], pods: int) -> float | None:
+    one, this = saturation_by_pods.get(1), saturation_by_pods.get(pods)
+    return this.mean / (pods * one.mean) if one and this and one.mean > 0 else None
+
+
+def _list(values: Sequence[float | None]) -> str:
+    return ", ".join(f"{v:g}" for v in values if v is not None) or "-"
 
 
 def _optional(value: float | None, digits: int = 0) -> str:
@@ -83,14 +105,22 @@ def _counts(counts: dict[str, int]) -> str:
 
 def runs_table(runs: Sequence[RunRecord]) -> Table:
     header = ["client", "pods", "repeat", "users at first failure", "confirmations tried", "max users",
-              "avg ms", "median ms", "p95 ms", "req/s", "failures at breaking point", "requests per pod"]
+              "avg ms", "median ms", "p95 ms", "p99 ms", "req/s", "saturation req/s", "held s", "stable",
+              "users within objective", "requests sent / judged", "minutes", "failures at breaking point",
+              "requests per pod"]
     rows = [
         [r.client_location, str(r.pods), str(r.repeat), _optional(r.breaking_users), _tried(r),
-         str(r.max_users), _optional(r.avg_ms), _optional(r.median_ms), _optional(r.p95_ms), _optional(r.rps, 1),
+         str(r.max_users), _optional(r.avg_ms), _optional(r.median_ms), _optional(r.p95_ms), _optional(r.p99_ms),
+         _optional(r.rps, 1), _optional(r.saturation_rps, 1), _optional(r.held_s), _optional_text(r.stable),
+         _optional(r.slo_users), f"{r.requests_sent} / {r.requests_judged}", _optional(r.duration_s / 60, 1),
          _counts(r.breaking_failure_kinds), _counts(r.pod_requests)]
         for r in sorted(runs, key=lambda r: r.key)
     ]
     return Table(header, rows)
+
+
+def _optional_text(value: object) -> str:
+    return "-" if value is None else str(value).lower()
 
 
 def _tried(run: RunRecord) -> str:
@@ -103,31 +133,55 @@ def conditions_table(experiments: Sequence[Experiment]) -> Table:
                  [[e.directory.name, *(str(e.conditions.get(n, "-")) for n in names)] for e in experiments])
 
 
-def build(experiments: Sequence[Experiment], out_dir: Path) -> list[Block]:
+def environment_table(experiments: Sequence[Experiment]) -> Table:
+    """What each experiment ran on (code, pods, engine, load generator, network), one row per recorded item."""
+    rows = [[e.directory.name, f"{part}.{name}", str(value)]
+            for e in experiments for part, items in sorted(e.environment.items()) if isinstance(items, dict)
+            for name, value in sorted(items.items())]
+    return Table(["experiment", "item", "value"], rows)
+
+
+def figures(experiments: Sequence[Experiment], out_dir: Path) -> list[tuple[plots.Drawn, str]]:
+    """Every figure that has data, with its caption; a figure without data is left out."""
     runs = [r for e in experiments for r in e.runs]
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = [
-        Image(plots.per_pods(by_configuration(runs, "max_users"), "users with no failed request",
-                             "Capacity against pods", out_dir / "max_users_vs_pods.png").name,
-              "Most users served with no failed request, against pods (mean ± std over repeats)."),
-        Image(plots.per_pods(by_configuration(runs, "avg_ms"), "mean response time (ms)",
-                             "Mean response time at capacity", out_dir / "response_time_vs_pods.png").name,
-              "Mean response time while holding the capacity, against pods."),
+    candidates = [
+        (plots.per_pods(by_configuration(runs, "max_users"), "users with no failed request",
+                        "Capacity against pods", out_dir / "max_users_vs_pods.png"),
+         "Most users served with no failed request, against pods (mean ± std over repeats)."),
+        (plots.per_pods(by_configuration(runs, "avg_ms"), "mean response time (ms)",
+                        "Mean response time at capacity", out_dir / "response_time_vs_pods.png"),
+         "Mean response time while holding the capacity, against pods."),
+        (plots.per_pods(by_configuration(runs, "saturation_rps"), "requests/s",
+                        "Saturation throughput against pods", out_dir / "saturation_rps_vs_pods.png"),
+         "Requests/s once more users no longer add throughput, against pods."),
     ]
     for location in sorted({r.client_location for r in runs}):
         curves = [(r.pods, plots.load_curve(history)) for e in experiments for r in e.runs
                   if r.client_location == location
                   and (history := e.raw_path(r.key) / "search_stats_history.csv").exists()]
-        path = plots.load_curves(curves, f"While ramping towards the breaking point (client on {location})",
-                                 out_dir / f"load_curves_{location}.png")
-        images.append(Image(path.name, f"Mean response time and throughput against users during the search ramp, "
-                                       f"client on {location}; the response time lags the users being added."))
+        candidates.append((
+            plots.load_curves(curves, f"While ramping towards the breaking point (client on {location})",
+                              out_dir / f"load_curves_{location}.png"),
+            f"Mean response time and throughput against users during the search ramp, client on {location}; "
+            "the response time lags the users being added.",
+        ))
+    return [(drawn, caption) for drawn, caption in candidates if drawn is not None]
+
+
+def build(experiments: Sequence[Experiment], out_dir: Path) -> list[Block]:
+    runs = [r for e in experiments for r in e.runs]
+    images = [Image(drawn.path.name, caption) for drawn, caption in figures(experiments, out_dir)]
     return [
         "# Capacity of CloudDetect",
-        f"{len(runs)} runs from {len(experiments)} experiment(s). A run's capacity is the most users held for the "
-        "hold time with no failed request (not HTTP 200, not valid JSON, wrong id, malformed objects, or slower "
-        "than the timeout); response times are those of that hold. Figures: mean ± sample standard deviation "
-        "over the repeats (n).",
+        f"{len(runs)} runs from {len(experiments)} experiment(s). A run's capacity is the most users held with no "
+        "failed request (not HTTP 200, not valid JSON, wrong id, malformed objects, or slower than the timeout), "
+        "every request sent judged, until the response time is stable; response times are those of that hold. "
+        "For users without think time that figure is about 0.75 x throughput x timeout: it says as much about the "
+        "timeout as about the service. The saturation throughput (requests/s once more users add none), the "
+        "response times and the users within the latency objective describe the service; scaling efficiency is "
+        "the saturation throughput over 1 pod's times the pods. Figures: mean ± sample standard deviation over "
+        "the repeats (n).",
         "## Capacity",
         capacity_table(runs),
         "## Plots",
@@ -137,6 +191,8 @@ def build(experiments: Sequence[Experiment], out_dir: Path) -> list[Block]:
         runs_table(runs),
         "## Conditions",
         conditions_table(experiments),
+        "## Environment",
+        environment_table(experiments),
     ]
 
 
