@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clouddetect.lab import plots, report
+from clouddetect.lab import facts, plots, report
 from clouddetect.lab.results import Experiment, RunRecord
 
 RECORDED = Path(__file__).with_name("recorded") / "one-pod"
@@ -43,24 +43,35 @@ def test_the_recorded_run_judged_every_request_it_sent(recorded: Experiment) -> 
     assert run.max_users > 0 and run.saturation_rps and run.timeout_s == 30.0
 
 
-def test_capacity_table_puts_the_timeout_beside_max_users_and_the_services_figures(recorded: Experiment) -> None:
+def test_assignment_table_has_a_row_per_pod_count_and_both_client_locations(recorded: Experiment) -> None:
     [run] = recorded.runs
-    table = report.capacity_table(recorded.runs)
-    assert table.header[1] == "max users (timeout 30 s) (master)"
+    table = report.assignment_table(facts.gather([recorded]))
+    assert table.header == ["pods", "max users (timeout 30 s) (master)", "mean response time (master)",
+                            "max users (timeout 30 s) (remote)", "mean response time (remote)"]
+    assert table.rows == [["1", f"{run.max_users} ± 0 (n=1)", f"{run.avg_ms:.0f} ± 0 ms (n=1)", "-", "-"],
+                          ["2", "-", "-", "-", "-"], ["4", "-", "-", "-", "-"], ["8", "-", "-", "-", "-"]]
+    assert "timeout (30 s)" in table.caption
+
+
+def test_capacity_table_gives_the_services_figures(recorded: Experiment) -> None:
+    [run] = recorded.runs
+    table = report.capacity_table(facts.gather([recorded]))
     row = dict(zip(table.header, table.rows[0], strict=True))
-    assert row["pods"] == "1"
-    assert row["max users (timeout 30 s) (master)"] == f"{run.max_users} ± 0 (n=1)"
-    assert row["p99 (master)"] == f"{run.p99_ms:.0f} ± 0 ms (n=1)"
-    assert row["saturation req/s (master)"] == f"{run.saturation_rps:.1f} ± 0.0 (n=1)"
-    assert row["scaling efficiency (master)"] == "1.00"
+    assert row["pods"] == "1" and row["client"] == "master"
+    assert row["p99"] == f"{run.p99_ms:.0f} ± 0 ms (n=1)"
+    assert row["saturation req/s"] == f"{run.saturation_rps:.1f} ± 0.0 (n=1)"
+    assert row["scaling efficiency"] == "1.00"
+    assert row["users within p95 ≤ 2 s"] == f"{run.slo_users} ± 0 (n=1)"
 
 
-def test_scaling_efficiency_is_saturation_throughput_over_one_pods_times_the_pods(recorded: Experiment) -> None:
+def test_scaling_efficiency_is_saturation_throughput_over_one_pods_times_the_pods(recorded: Experiment,
+                                                                                  tmp_path: Path) -> None:
     [one] = recorded.runs
     assert one.saturation_rps is not None
     two = dataclasses.replace(one, pods=2, saturation_rps=one.saturation_rps * 1.8)
-    table = report.capacity_table([one, two])
-    assert [row[-1] for row in table.rows] == ["1.00", "0.90"]
+    experiment = copy_of(recorded, tmp_path / "experiment", [one, two], raw=False)
+    table = report.capacity_table(facts.gather([experiment]))
+    assert [row[3] for row in table.rows] == ["1.00", "0.90"]
 
 
 def test_figures_draw_the_recorded_figures(recorded: Experiment, tmp_path: Path) -> None:
@@ -94,7 +105,9 @@ def test_report_lists_every_run_and_what_the_experiment_ran_on(recorded: Experim
     [run] = recorded.runs
     report.write([recorded.directory], tmp_path)
     text = (tmp_path / "report.md").read_text()
-    assert f"| {run.requests_sent} / {run.requests_judged} |" in text
+    assert "| master, 1 pods | repeat 1 |" in text
+    assert f"| requests sent / judged | {run.requests_sent} / {run.requests_judged} |" in text
     assert "| one-pod | code.git_commit |" in text
     assert f"| one-pod | service.pod_cpu | {recorded.environment['service']['pod_cpu']} |" in text
     assert "0.75 x throughput x timeout" in text
+    assert "<table>" in (tmp_path / "report.html").read_text()

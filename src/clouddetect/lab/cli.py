@@ -203,14 +203,30 @@ lab.add_command(bundle_command)
 @lab.command("report")
 @click.argument("experiments", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where report.md, report.html and the plots go [default: FIRST_EXPERIMENT/report].")
-def report(experiments: tuple[Path, ...], out_dir: Path | None) -> None:
+              help="Where report.md, report.html, report.pdf and the plots go [default: FIRST_EXPERIMENT/report].")
+@click.option("--title", default="Capacity of CloudDetect", show_default=True, help="The report's title.")
+@click.option("--author", help="Author line under the title.")
+@click.option("--line", "lines", multiple=True, help="A further title-block line (course, date); repeatable.")
+@click.option("--faults", "fault_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A `clouddetect lab faults` result (JSON) for the fault-tolerance discussion; repeatable.")
+@click.option("--pdf/--no-pdf", "print_pdf", default=True, show_default=True,
+              help="Also print report.pdf with Chromium (found on PATH).")
+@click.option("--chromium", envvar="CLOUDDETECT_REPORT_CHROMIUM", help="Chromium to print with [default: on PATH].")
+@click.option("--pdf-timeout-s", envvar="CLOUDDETECT_REPORT_PDF_TIMEOUT_S", default=120.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True), help="Longest Chromium may take to print the PDF.")
+def report(experiments: tuple[Path, ...], out_dir: Path | None, title: str, author: str | None,
+           lines: tuple[str, ...], fault_files: tuple[Path, ...], print_pdf: bool, chromium: str | None,
+           pdf_timeout_s: float) -> None:
     """Write the capacity report of one or more experiment directories (e.g. one per client location)."""
-    from clouddetect.lab import report as report_module  # matplotlib is only needed here
+    from clouddetect.lab import pdf  # matplotlib and Jinja are only needed here
+    from clouddetect.lab import report as report_module
 
     try:
-        written = report_module.write(experiments, out_dir or experiments[0] / "report")
-    except ExperimentError as exc:
+        printer = (pdf.Printer(pdf.find_chromium(chromium), report_module.FONT_FAMILY, pdf_timeout_s)
+                   if print_pdf else None)
+        written = report_module.write(experiments, out_dir or experiments[0] / "report",
+                                      report_module.TitleBlock(title, author, list(lines)), fault_files, printer)
+    except (ExperimentError, pdf.PdfError) as exc:
         raise click.ClickException(str(exc)) from None
     for path in written:
         click.echo(path)
