@@ -147,6 +147,12 @@ class Comparison:
         return self.remote.max_users.mean / self.master.max_users.mean if self.master.max_users.mean else None
 
     @property
+    def within_noise(self) -> bool:
+        """The locations' max users differ by no more than their repeats' standard deviations together."""
+        m, r = self.master.max_users, self.remote.max_users
+        return abs(r.mean - m.mean) <= r.std + m.std
+
+    @property
     def rps_ratio(self) -> float | None:
         m, r = self.master.saturation_rps, self.remote.saturation_rps
         return r.mean / m.mean if m and r and m.mean else None

@@ -209,7 +209,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("clouddetect.lab", "templates"),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              autoescape=jinja2.select_autoescape(["html.j2"]))
-    env.filters.update(num=_num, mean=_mean, pct=_pct, pods=_pods, and_list=_and_list, kinds=_kinds)
+    env.filters.update(num=_num, mean=_mean, users=_users, pct=_pct, pods=_pods, and_list=_and_list, kinds=_kinds)
     env.globals.update(linear=facts_module.LINEAR_EFFICIENCY, low_bound=facts_module.LOW_BOUND_RATIO)
     return env
 
@@ -220,6 +220,13 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 def _mean(summary: Summary | None, digits: int = 0) -> str:
     return "?" if summary is None else f"{summary.mean:,.{digits}f}"
+
+
+def _users(summary: Summary | None) -> str:
+    """A mean number of users: whole when it is, else with one decimal."""
+    if summary is None:
+        return "?"
+    return f"{summary.mean:,.0f}" if summary.mean.is_integer() else f"{summary.mean:,.1f}"
 
 
 def _pct(share: float | None) -> str:
