@@ -122,7 +122,8 @@ def test_master_and_remote_are_compared_with_the_recorded_link(recorded_run: Run
     said = text(discussion([master, remote]))
     users = {loc: sum(r.max_users for r in Experiment.load(d).runs if r.pods == 8) / 3
              for loc, d in (("master", master), ("remote", remote))}
-    assert f"At 8 pods the remote client held {users['remote']:.0f} users against {users['master']:.0f}" in said
+    shown = {loc: f"{u:.0f}" if u.is_integer() else f"{u:.1f}" for loc, u in users.items()}
+    assert f"At 8 pods the remote client held {shown['remote']} users against {shown['master']} from the master" in said
     assert "The remote client ran behind a simulated link of 20 ms round trip and 100 Mbit/s each way." in said
     rps = sum(r.saturation_rps or 0 for r in Experiment.load(remote).runs if r.pods == 8) / 3
     needed = rps * REQUEST_BYTES * 8 / 1e6
