@@ -58,7 +58,7 @@ def test_capacity_table_gives_the_services_figures(recorded: Experiment) -> None
     table = report.capacity_table(facts.gather([recorded]))
     row = dict(zip(table.header, table.rows[0], strict=True))
     assert row["pods"] == "1" and row["client"] == "master"
-    assert row["p99"] == f"{run.p99_ms:.0f} ± 0 ms (n=1)"
+    assert row["p99 ms"] == f"{run.p99_ms:.0f} ± 0 (n=1)"
     assert row["saturation req/s"] == f"{run.saturation_rps:.1f} ± 0.0 (n=1)"
     assert row["scaling efficiency"] == "1.00"
     assert row["users within p95 ≤ 2 s"] == f"{run.slo_users} ± 0 (n=1)"

@@ -111,10 +111,10 @@ def assignment_table(facts: Facts) -> Table:
 def capacity_table(facts: Facts) -> Table:
     """The figures that describe the service at each pod count, whatever the timeout."""
     objectives = sorted({p.slo_p95_s for p in facts.points if p.slo_p95_s})
-    header = ["pods", "client", "saturation req/s", "scaling efficiency", "median", "p95", "p99",
+    header = ["pods", "client", "saturation req/s", "scaling efficiency", "median ms", "p95 ms", "p99 ms",
               f"users within p95 ≤ {_list(objectives)} s"]
     rows = [[str(p.pods), p.location, format_summary(p.saturation_rps, digits=1), _optional(p.efficiency, 2),
-             format_summary(p.median_ms, " ms"), format_summary(p.p95_ms, " ms"), format_summary(p.p99_ms, " ms"),
+             format_summary(p.median_ms), format_summary(p.p95_ms), format_summary(p.p99_ms),
              format_summary(p.slo_users)] for p in sorted(facts.points, key=lambda p: (p.pods, p.location))]
     caption = ("Saturation throughput (requests/s once more users add none), scaling efficiency (over 1 pod's "
                "times the pods; 1.0 is linear) and response times at capacity.")
@@ -284,8 +284,8 @@ def build(experiments: Sequence[Experiment], out_dir: Path, fault_files: Sequenc
         Heading(2, "Capacity"),
         assignment_table(facts),
         capacity_table(facts),
-        *([Heading(2, "Plots"), *images] if images else []),
         *discussion(facts),
+        *([Heading(2, "Figures"), *images] if images else []),
         Heading(2, "Appendix: runs, conditions and environment"),
         Paragraph("Requests per pod are those each pod answered during the accepted confirmation (ramp and hold)."),
         *runs_tables(runs),
