@@ -61,23 +61,28 @@ def lab() -> None:
               help="Users started per second when confirming a user count.")
 @click.option("--hold-s", default=60.0, show_default=True, type=click.FloatRange(min=0),
               help="Time a confirmed user count must run without a failure, its response times stable.")
-@click.option("--hold-windows", default=4, show_default=True, type=click.IntRange(min=1),
+@click.option("--hold-windows", default=LoadSettings.hold_windows, show_default=True, type=click.IntRange(min=1),
               help="Windows the hold is split into to judge whether its response times are stable.")
-@click.option("--stable-tolerance-pct", default=10.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--stable-tolerance-pct", default=LoadSettings.stable_tolerance_pct, show_default=True,
+              type=click.FloatRange(min=0),
               help="Most a window's mean response time may differ from the hold's (and the trend may rise).")
-@click.option("--max-extension-s", default=60.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--max-extension-s", default=LoadSettings.max_extension_s, show_default=True,
+              type=click.FloatRange(min=0),
               help="Longest a hold is extended while its response times are not stable.")
-@click.option("--start-fraction", default=0.6, show_default=True, type=click.FloatRange(min=0, max=1),
+@click.option("--start-fraction", default=SearchSettings.start_fraction, show_default=True,
+              type=click.FloatRange(min=0, max=1),
               help="Once saturated, the search jumps to this share of throughput x timeout (0: ramp all the way).")
-@click.option("--jump-spawn-rate", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--jump-spawn-rate", default=LoadSettings.jump_spawn_rate, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Users started per second when jumping to a level known to be safe.")
-@click.option("--probe-window-s", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--probe-window-s", default=LoadSettings.probe_window_s, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="Window over which the search measures throughput to find saturation.")
-@click.option("--slo-p95-s", default=2.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--slo-p95-s", default=SearchSettings.slo_p95_s, show_default=True, type=click.FloatRange(min=0),
               help="Latency objective: also find the most users held with a p95 response time within it (0: skip).")
-@click.option("--slo-hold-s", default=20.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--slo-hold-s", default=SearchSettings.slo_hold_s, show_default=True, type=click.FloatRange(min=0),
               help="Time the users within the latency objective are held.")
-@click.option("--wait-s", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--wait-s", default=LoadSettings.wait_s, show_default=True, type=click.FloatRange(min=0),
               help="Think time of each user between an answer and its next request (0: back to back).")
 @click.option("--max-users", default=3000, show_default=True, type=click.IntRange(min=1),
               help="Where the search stops if nothing has failed yet.")

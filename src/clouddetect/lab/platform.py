@@ -227,12 +227,14 @@ class Kubernetes:
         return {"pod_cpu": limits.get("cpu"), "pod_memory": limits.get("memory"), "engine": self._engine()}
 
     def _engine(self) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
         for name in self.pods()[:1]:
-            response = self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{name}:{self.pod_port}", self.namespace, "readyz", _preload_content=False
-            )
             try:
+                response = self.core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{name}:{self.pod_port}", self.namespace, "readyz", _preload_content=False
+                )
                 return reported_engine(json.loads(response.data))
-            except ValueError:
+            except (ApiException, ValueError):
                 return None
         return None

@@ -28,7 +28,7 @@ class SearchSettings:
     max_users: int
     step_down_pct: float
     start_fraction: float = 0.6
-    slo_p95_s: float = 0.0  # 0: no latency objective
+    slo_p95_s: float = 2.0  # 0: no latency objective
     slo_hold_s: float = 20.0
     wait_s: float = 0.0
 

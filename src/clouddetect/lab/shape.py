@@ -32,7 +32,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import RequestStats
 
-from clouddetect.lab.load import PROGRESS_PREFIX
+from clouddetect.lab.load import PROGRESS_PREFIX, LoadSettings
 from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_at, window_means
 from clouddetect.loadtest import tally
 
@@ -52,14 +52,18 @@ def _add_options(parser: LocustArgumentParser) -> None:
         "--lab-outcome": {"required": True, "help": "JSON file the outcome is written to."},
         "--lab-progress-interval-s": {"type": float, "default": 5.0, "help": "Time between progress lines."},
         "--lab-start-users": {"type": int, "default": 0, "help": "Users reached quickly before ramping."},
-        "--lab-jump-spawn-rate": {"type": float, "default": 20.0, "help": "Users started per second in a jump."},
+        "--lab-jump-spawn-rate": {"type": float, "default": LoadSettings.jump_spawn_rate,
+                                  "help": "Users started per second in a jump."},
         "--lab-start-fraction": {"type": float, "default": 0.0,
                                  "help": "Search: once saturated, jump to this share of throughput x timeout."},
-        "--lab-probe-window-s": {"type": float, "default": 5.0, "help": "Window of the saturation probe."},
-        "--lab-hold-windows": {"type": int, "default": 4, "help": "Windows the hold is split into."},
-        "--lab-stable-tolerance-pct": {"type": float, "default": 10.0,
+        "--lab-probe-window-s": {"type": float, "default": LoadSettings.probe_window_s,
+                                 "help": "Window of the saturation probe."},
+        "--lab-hold-windows": {"type": int, "default": LoadSettings.hold_windows,
+                               "help": "Windows the hold is split into."},
+        "--lab-stable-tolerance-pct": {"type": float, "default": LoadSettings.stable_tolerance_pct,
                                        "help": "How far a window's mean response time may be from the hold's."},
-        "--lab-max-extension-s": {"type": float, "default": 60.0, "help": "Longest extension of an unstable hold."},
+        "--lab-max-extension-s": {"type": float, "default": LoadSettings.max_extension_s,
+                                  "help": "Longest extension of an unstable hold."},
         "--lab-drain-timeout-s": {"type": float, "default": 70.0,
                                   "help": "Time the requests in flight get to be judged when a step ends."},
     }
