@@ -40,7 +40,7 @@ def experiment(directory: Path, runs: list[RunRecord], client_link: dict | None 
     return directory
 
 
-def scaled(run: RunRecord, location: str, pods: int, repeat: int, efficiency: float = 0.9) -> RunRecord:
+def scaled(run: RunRecord, location: str, pods: int, repeat: int, efficiency: float = 0.95) -> RunRecord:
     """The recorded run as if measured at ``pods`` pods: throughput and users scaled, requests spread unevenly."""
     rps = (run.saturation_rps or 0) * (1 if pods == 1 else pods * efficiency) * (1 + 0.02 * repeat)
     names = [f"pod-{i}" for i in range(pods)]

@@ -237,7 +237,7 @@ class Facts:
 
     @property
     def below_linear(self) -> list[Point]:
-        return [p for p in self.points if p.efficiency is not None and p.efficiency < LINEAR_EFFICIENCY]
+        return [p for p in self.points if p.efficiency is not None and round(p.efficiency, 2) < LINEAR_EFFICIENCY]
 
     @property
     def timed_out(self) -> int:
