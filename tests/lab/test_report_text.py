@@ -186,6 +186,8 @@ def test_report_command_writes_the_title_block_and_says_when_chromium_is_missing
     written = (tmp_path / "report.md").read_text()
     assert written.startswith("# Capacity of a detector\n\nA. Student\n\nCloud Computing, 2026\n")
     assert not (tmp_path / "report.pdf").exists()
+    escaped = runner.invoke(lab, ["report", str(RECORDED), "--out", str(tmp_path), "--no-pdf", "--title", "A <b>"])
+    assert escaped.exit_code == 0 and "<h1>A &lt;b&gt;</h1>" in (tmp_path / "report.html").read_text()
     missing = runner.invoke(lab, ["report", str(RECORDED), "--out", str(tmp_path), "--chromium", "no-such-chromium"])
     assert missing.exit_code != 0 and "no-such-chromium not found on PATH" in missing.output
     assert "apt-get install chromium fonts-liberation" in missing.output
