@@ -124,14 +124,19 @@ def test_master_and_remote_are_compared_with_the_recorded_link(recorded_run: Run
              for loc, d in (("master", master), ("remote", remote))}
     shown = {loc: f"{u:.0f}" if u.is_integer() else f"{u:.1f}" for loc, u in users.items()}
     assert f"At 8 pods the remote client held {shown['remote']} users against {shown['master']} from the master" in said
+    assert "from the master (1.00 ×, within the spread of the repeats)" in said
     assert "The remote client ran behind a simulated link of 20 ms round trip and 100 Mbit/s each way." in said
     rps = sum(r.saturation_rps or 0 for r in Experiment.load(remote).runs if r.pods == 8) / 3
     needed = rps * REQUEST_BYTES * 8 / 1e6
     assert f"needs about {needed:.1f} Mbit/s" in said and "the link has room" in said
 
-    narrow = experiment(tmp_path / "narrow", [scaled(recorded_run, "remote", 8, 1)],
+    narrow = experiment(tmp_path / "narrow", [dataclasses.replace(scaled(recorded_run, "remote", 8, repeat),
+                                                                  max_users=10 + repeat) for repeat in (1, 2, 3)],
                         {**LINK, "bandwidth_mbit": needed / 2})
-    assert "the link, not the pods, is the limit here" in text(discussion([narrow]))
+    said = text(discussion([master, narrow]))
+    assert "the link, not the pods, is the limit here" in said
+    assert f"At 8 pods the remote client held 12 users against {shown['master']} from the master" in said
+    assert "within the spread of the repeats" not in said
 
 
 def test_per_pod_balance_is_read_from_each_pods_request_count(recorded_run: RunRecord, tmp_path: Path) -> None:

@@ -149,13 +149,21 @@ class Comparison:
     @property
     def within_noise(self) -> bool:
         """The locations' max users differ by no more than their repeats' standard deviations together."""
-        m, r = self.master.max_users, self.remote.max_users
-        return abs(r.mean - m.mean) <= r.std + m.std
+        return _overlap(self.master.max_users, self.remote.max_users)
+
+    @property
+    def rps_within_noise(self) -> bool:
+        m, r = self.master.saturation_rps, self.remote.saturation_rps
+        return m is not None and r is not None and _overlap(m, r)
 
     @property
     def rps_ratio(self) -> float | None:
         m, r = self.master.saturation_rps, self.remote.saturation_rps
         return r.mean / m.mean if m and r and m.mean else None
+
+
+def _overlap(a: Summary, b: Summary) -> bool:
+    return abs(a.mean - b.mean) <= a.std + b.std
 
 
 @dataclass(frozen=True)
