@@ -196,3 +196,11 @@ def test_report_command_writes_the_title_block_and_says_when_chromium_is_missing
     missing = runner.invoke(lab, ["report", str(RECORDED), "--out", str(tmp_path), "--chromium", "no-such-chromium"])
     assert missing.exit_code != 0 and "no-such-chromium not found on PATH" in missing.output
     assert "apt-get install chromium fonts-liberation" in missing.output
+
+
+def test_a_file_that_is_not_a_fault_result_is_a_clear_error(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text("[1, 2]")
+    done = CliRunner().invoke(lab, ["report", str(RECORDED), "--out", str(tmp_path), "--no-pdf",
+                                    "--faults", str(wrong)])
+    assert done.exit_code != 0 and f"{wrong} is not a `clouddetect lab faults` result" in done.output

@@ -225,13 +225,14 @@ def report(experiments: tuple[Path, ...], out_dir: Path | None, title: str, auth
     """Write the capacity report of one or more experiment directories (e.g. one per client location)."""
     from clouddetect.lab import pdf  # matplotlib and Jinja are only needed here
     from clouddetect.lab import report as report_module
+    from clouddetect.lab.facts import FaultFileError
 
     try:
         printer = (pdf.Printer(pdf.find_chromium(chromium), report_module.FONT_FAMILY, pdf_timeout_s)
                    if print_pdf else None)
         written = report_module.write(experiments, out_dir or experiments[0] / "report",
                                       report_module.TitleBlock(title, author, list(lines)), fault_files, printer)
-    except (ExperimentError, pdf.PdfError) as exc:
+    except (ExperimentError, pdf.PdfError, FaultFileError) as exc:
         raise click.ClickException(str(exc)) from None
     for path in written:
         click.echo(path)

@@ -162,6 +162,10 @@ class Comparison:
         return r.mean / m.mean if m and r and m.mean else None
 
 
+class FaultFileError(ValueError):
+    """A file given as a fault result is not one."""
+
+
 def _overlap(a: Summary, b: Summary) -> bool:
     return abs(a.mean - b.mean) <= a.std + b.std
 
@@ -187,7 +191,14 @@ class Fault:
 
     @classmethod
     def load(cls, path: Path) -> Fault:
-        data: dict[str, Any] = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+            return cls._from(data, path)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise FaultFileError(f"{path} is not a `clouddetect lab faults` result ({exc})") from None
+
+    @classmethod
+    def _from(cls, data: dict[str, Any], path: Path) -> Fault:
         return cls(data.get("fault", path.stem), data.get("replicas"), (data.get("settings") or {}).get("users"),
                    int(data.get("requests", 0)), int(data.get("failed_requests", 0)),
                    dict(data.get("failures_by_kind") or {}), data.get("first_failure_s"), data.get("last_failure_s"),
