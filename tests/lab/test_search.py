@@ -38,6 +38,7 @@ class ClosedLoopService:
     overshoot: int = 6
     p95_over_mean: float = 1.2
     floor_ms: float = 0.0
+    search_rps: float | None = None  # what the search's ramp measured, when it differs
     asked: list[StepPlan] = field(default_factory=list)
 
     def measure(self, plan: StepPlan) -> Step:
@@ -46,7 +47,7 @@ class ClosedLoopService:
         if plan.name == "search":
             start = math.floor(self.rps * plan.start_fraction * TIMEOUT_S)
             return Step(outcome(plan.users, self.capacity + self.overshoot, start_users=start,
-                                saturation_rps=self.rps), {})
+                                saturation_rps=self.search_rps or self.rps), {})
         failed = plan.users > self.capacity
         return Step(outcome(plan.users, plan.users if failed else None, plan.hold_s, avg_ms=mean_ms,
                             p95_ms=mean_ms * self.p95_over_mean + self.floor_ms), {"pod-a": 100})
@@ -86,6 +87,15 @@ def test_a_guess_over_the_objective_steps_down_until_within_it() -> None:
     capacity = find_capacity(service.measure, SETTINGS)
     assert [s.outcome.users for s in capacity.slo_steps] == [8, 7, 6]
     assert capacity.slo_users == 6 and capacity.slo_held is capacity.slo_steps[-1]
+
+
+def test_saturation_throughput_is_that_of_the_held_capacity() -> None:
+    # The ramp measured 3 req/s (the machine was busier then); the held capacity served 5 req/s.
+    service = ClosedLoopService(capacity=120, search_rps=3.0)
+    capacity = find_capacity(service.measure, SETTINGS)
+    assert capacity.search.outcome.saturation_rps == 3.0
+    assert capacity.saturation_rps == capacity.accepted.outcome.rps == 5.0
+    assert capacity.slo_users == 8  # from 5 req/s, as above
 
 
 def test_a_capacity_within_the_objective_needs_no_further_step() -> None:

@@ -47,7 +47,8 @@ class RunRecord:
     """One repeat of one configuration: its capacity and the figures of the load it was confirmed at.
 
     ``requests_sent`` / ``requests_judged`` add up every step of the run; they are equal when no request was left
-    unanswered. ``saturation_rps`` is the throughput more users no longer raise (measured while ramping);
+    unanswered. ``saturation_rps`` is the throughput more users no longer raise: that of the held capacity, which
+    is well past saturation (``search_saturation_rps``: the search's first estimate, from its ramp);
     ``slo_users`` the most users held with a p95 response time within ``slo_p95_s``.
     """
 
@@ -80,6 +81,7 @@ class RunRecord:
     stable: bool | None
     window_ms: list[float | None]
     saturation_rps: float | None
+    search_saturation_rps: float | None
     slo_p95_s: float | None
     slo_users: int | None
     slo_p95_ms: float | None

@@ -71,6 +71,12 @@ class Capacity:
         return self.accepted.outcome.users if self.accepted else 0
 
     @property
+    def saturation_rps(self) -> float | None:
+        """Requests/s of the held capacity (users at the breaking point are well past saturation: more of them only
+        lengthen the response time), else the search's estimate from its ramp."""
+        return self.accepted.outcome.rps if self.accepted else self.search.outcome.saturation_rps
+
+    @property
     def slo_users(self) -> int | None:
         return self.slo_held.outcome.users if self.slo_held else None
 
@@ -120,8 +126,8 @@ def find_capacity(measure: Measure, settings: SearchSettings) -> Capacity:
         if step.outcome.passed:
             break
         users = step_down(step.outcome, settings.step_down_pct)
-    if settings.slo_p95_s > 0 and capacity.accepted and search.outcome.saturation_rps:
-        _find_slo_users(measure, settings, capacity, search.outcome.saturation_rps)
+    if settings.slo_p95_s > 0 and capacity.accepted and capacity.saturation_rps:
+        _find_slo_users(measure, settings, capacity, capacity.saturation_rps)
     return capacity
 
 
