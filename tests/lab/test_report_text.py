@@ -126,6 +126,9 @@ def test_master_and_remote_are_compared_with_the_recorded_link(recorded_run: Run
     assert f"At 8 pods the remote client held {shown['remote']} users against {shown['master']} from the master" in said
     assert "from the master (1.00 ×, within the spread of the repeats)" in said
     assert "The remote client ran behind a simulated link of 20 ms round trip and 100 Mbit/s each way." in said
+    load = Experiment.load(RECORDED).environment["load_generator"]["load_average_1m"]
+    assert (f"a 1-minute load average of {load:.1f} when the master set started and {load:.1f} when the remote set "
+            "started") in said
     rps = sum(r.saturation_rps or 0 for r in Experiment.load(remote).runs if r.pods == 8) / 3
     needed = rps * REQUEST_BYTES * 8 / 1e6
     assert f"needs about {needed:.1f} Mbit/s" in said and "the link has room" in said

@@ -215,6 +215,8 @@ class Facts:
     points: list[Point]
     links: dict[str, dict[str, Any] | None]  # client location -> the simulated link it ran behind (None: none)
     faults: list[Fault] = field(default_factory=list)
+    # client location -> the load generator machine's 1-minute load average when its experiment started
+    loads: dict[str, float] = field(default_factory=dict)
 
     def at(self, location: str) -> list[Point]:
         return [p for p in self.points if p.location == location]
@@ -314,4 +316,6 @@ def gather(experiments: Sequence[Experiment], fault_files: Sequence[Path] = ()) 
         grouped.setdefault((run.client_location, run.pods), []).append(run)
     points = with_efficiency([_point(loc, pods, group) for (loc, pods), group in sorted(grouped.items())])
     links = {r.client_location: e.conditions.get("client_link") for e in experiments for r in e.runs}
-    return Facts(points, links, [Fault.load(path) for path in fault_files])
+    loads = {r.client_location: load for e in experiments for r in e.runs
+             if (load := (e.environment.get("load_generator") or {}).get("load_average_1m")) is not None}
+    return Facts(points, links, [Fault.load(path) for path in fault_files], loads)
