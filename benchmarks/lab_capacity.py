@@ -1,8 +1,9 @@
 """Capacity of one local server with the default settings under a pod's 0.5-CPU limit, found by the lab.
 
 Starts ``clouddetect serve`` inside the CPU limit, runs ``clouddetect lab run --url ...`` against it (the load
-generator outside the limit), and prints the most users served with no failed request, with their requests/s and
-mean response time, and the exact lab command.
+generator outside the limit) into a new experiment directory, and prints each run's figures: the most users served
+with no failed request (with its timeout), the response times at that load, the saturation throughput, the users
+within the latency objective, how many requests were sent and judged, and how long the run took.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cpu_limit import cpu_limit, limited_server
@@ -27,26 +29,34 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=default_folder())
     parser.add_argument("--cpus", type=float, default=0.5)
     parser.add_argument("--port", type=int, default=5097)
-    parser.add_argument("--out", type=Path, default=Path("results") / "bench-lab-capacity",
-                        help="experiment directory (an existing one resumes)")
-    parser.add_argument("--timeout-s", type=float, default=30.0)
-    parser.add_argument("--hold-s", type=float, default=60.0)
+    parser.add_argument("--out", type=Path, help="experiment directory [default: a new results/bench-lab-<UTC time>]")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("lab_flags", nargs="*", help="more `lab run` flags, after --, e.g. -- --timeout-s 5")
     args = parser.parse_args()
+    out = args.out or Path("results") / datetime.now(UTC).strftime("bench-lab-%Y%m%d-%H%M%S")
     url = f"http://127.0.0.1:{args.port}"
-    lab = [sys.executable, "-m", "clouddetect", "lab", "run", "--url", url, "--out", str(args.out),
-           "--images", str(args.images), "--timeout-s", str(args.timeout_s), "--hold-s", str(args.hold_s),
-           "--repeats", str(args.repeats)]
+    lab = [sys.executable, "-m", "clouddetect", "lab", "run", "--url", url, "--out", str(out),
+           "--images", str(args.images), "--repeats", str(args.repeats), "--pod-cpu", str(args.cpus),
+           *args.lab_flags]
     with cpu_limit(args.cpus) as limit:
-        print(f"machine: {os.cpu_count()} cores; server limit: {limit.description}", flush=True)
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+              f"server limit: {limit.description}", flush=True)
         with limited_server(limit, args.port, READY_TIMEOUT_S):
             print(f"running: {shlex.join(lab)}", flush=True)
             subprocess.run(lab, check=True)
-    for run in json.loads((args.out / "runs.json").read_text()):
+    print(f"machine load average after: {os.getloadavg()[0]:.2f}")
+    for run in json.loads((out / "runs.json").read_text()):
         print(f"repeat {run['repeat']}: max users with no failure (timeout {run['timeout_s']:g} s): "
-              f"{run['max_users']}; {run['rps']:.2f} req/s; mean response time {run['avg_ms']:.0f} ms "
-              f"(median {run['median_ms']:.0f}, p95 {run['p95_ms']:.0f}); users at first failure while ramping: "
-              f"{run['breaking_users']}; confirmations tried: {run['confirmed_users_tried']}")
+              f"{run['max_users']}; mean {_s(run['avg_ms'])}, median {_s(run['median_ms'])}, p95 {_s(run['p95_ms'])}, "
+              f"p99 {_s(run['p99_ms'])}; {run['rps'] or 0:.2f} req/s held; saturation {run['saturation_rps'] or 0:.2f}"
+              f" req/s; users within p95 <= {run['slo_p95_s']} s: {run['slo_users']}; stable hold: {run['stable']}; "
+              f"requests sent/judged {run['requests_sent']}/{run['requests_judged']}; users at first failure "
+              f"while ramping: {run['breaking_users']}; confirmations tried: {run['confirmed_users_tried']}; "
+              f"took {run['duration_s']:.0f} s")
+
+
+def _s(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f} s"
 
 
 if __name__ == "__main__":

@@ -63,3 +63,15 @@ def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+APT_LOCK_TIMEOUT_S = 600
+
+
+def apt_install(packages: list[str]) -> None:
+    """Installs Debian packages a test needs (CI runs as root on a fresh machine, like the tests' other tools)."""
+    assert os.geteuid() == 0, f"install as root: apt-get install {' '.join(packages)}"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", f"-oDPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}", "-q"]
+    subprocess.run([*apt, "update"], check=True, env=env)
+    subprocess.run([*apt, "install", "-y", "--no-install-recommends", *packages], check=True, env=env)

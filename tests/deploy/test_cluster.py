@@ -318,16 +318,22 @@ def test_lab_scales_the_deployment_and_reports_each_pod_count(deployed: Deployed
     out = tmp_path / "lab"
     clouddetect = [sys.executable, "-m", "clouddetect", "lab"]
     run_logged([*clouddetect, "run", "--out", str(out), "--pods", ",".join(map(str, LAB_PODS)), "--repeats", "1",
-                "--max-users", str(LAB_MAX_USERS), "--hold-s", str(LAB_HOLD_S), "--progress-interval-s", "1",
+                "--max-users", str(LAB_MAX_USERS), "--hold-s", str(LAB_HOLD_S), "--max-extension-s", str(LAB_HOLD_S),
+                "--slo-hold-s", str(LAB_HOLD_S), "--progress-interval-s", "1",
                 "--kubeconfig", str(deployed.cluster.kubeconfig), "--namespace", deployed.namespace,
                 "--deployment", deployed.deployment, "--service-url", deployed.url],
                tmp_path / "lab-run.log", LAB_TIMEOUT_S)
-    runs = {run.pods: run for run in Experiment.load(out).runs}
+    experiment = Experiment.load(out)
+    runs = {run.pods: run for run in experiment.runs}
     assert sorted(runs) == LAB_PODS
     for pods, run in runs.items():
         assert len(run.pod_names) == pods
         assert run.endpoint == deployed.url
         assert run.max_users >= 1 and run.failures == 0
+        assert run.requests_sent == run.requests_judged > 0
+    # The pods' resources are read from the Deployment the lab scaled.
+    assert experiment.environment["service"]["pod_cpu"] == "500m"
+    assert experiment.environment["service"]["pod_memory"] == "512Mi"
     replicas = deployed.kubectl("get", f"deployment/{deployed.deployment}", "--output", "jsonpath={.spec.replicas}")
     assert int(replicas) == LAB_PODS[-1]
     run_logged([*clouddetect, "report", str(out)], tmp_path / "lab-report.log", LAB_TIMEOUT_S)

@@ -11,7 +11,7 @@ from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
 from clouddetect.answers import ENDPOINT
 from clouddetect.lab.experiment import served
-from clouddetect.lab.platform import FixedUrl, PlatformError, parse_metrics, ready_pod_names
+from clouddetect.lab.platform import FixedUrl, PlatformError, parse_metrics, ready_pod_names, reported_engine
 from support import live_server, request_body
 
 READY_TIMEOUT_S = 60.0
@@ -43,6 +43,12 @@ def test_exactly_the_wanted_pods_all_ready_and_none_terminating() -> None:
     assert ready_pod_names([pod("a")], 2) is None
 
 
+def test_the_engine_is_what_the_service_reports_or_unknown() -> None:
+    assert reported_engine({"status": "ready", "engine": "openvino"}) == "openvino"
+    assert reported_engine({"status": "ready"}) is None
+    assert reported_engine(["not", "an", "object"]) is None
+
+
 @pytest.mark.slow
 def test_fixed_url_reads_its_one_instance(tmp_path: Path, images: list[Path]) -> None:
     import requests
@@ -55,3 +61,5 @@ def test_fixed_url_reads_its_one_instance(tmp_path: Path, images: list[Path]) ->
         assert served(before, platform.pod_metrics()) == {"fixed-pod": 1}
         with pytest.raises(PlatformError, match="cannot run 2"):
             platform.scale(2)
+        readyz = requests.get(server.url + "/readyz", timeout=HTTP_TIMEOUT_S).json()
+        assert platform.describe() == {"pod_cpu": None, "pod_memory": None, "engine": readyz.get("engine")}

@@ -6,14 +6,18 @@ Locust monkey-patches whatever process imports it, so it only ever runs in proce
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import requests
@@ -56,6 +60,44 @@ def test_headless_users_send_images_back_to_back_and_every_answer_passes(
     assert stats["num_requests"] > 4
     assert stats["num_failures"] == 0
     assert served >= stats["num_requests"]
+
+
+class RecordingHandler(BaseHTTPRequestHandler):
+    """Answers every detection with no objects, noting the image each connection (one per user) sent first."""
+
+    protocol_version = "HTTP/1.1"
+    first_images: ClassVar[dict[int, str]] = {}
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.first_images.setdefault(self.client_address[1], hashlib.sha256(body["image"].encode()).hexdigest())
+        answer = json.dumps({"id": body["id"], "objects": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_users_start_at_different_images(tmp_path: Path, images: list[Path]) -> None:
+    users = 12
+    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        stats = headless(url, images, tmp_path, "-u", str(users), "-r", str(users), "-t", "8s", "--wait-s", "1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert stats["num_failures"] == 0
+    first = RecordingHandler.first_images
+    assert len(first) == users
+    # In folder order from a random start each: twelve users all starting at one image is a 1 in 128^11 chance.
+    assert len(set(first.values())) > 1
 
 
 def test_random_order_and_think_time_are_settings(tmp_path: Path, images: list[Path]) -> None:

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from clouddetect.lab.load import LoadSettings, run_step
+from clouddetect.lab.load import LoadSettings, StepOutcome, StepPlan, run_step
 from clouddetect.lab.platform import Platform, PodMetrics, poll
-from clouddetect.lab.results import Experiment, RunRecord, run_key
+from clouddetect.lab.results import Experiment, RunRecord, StepRecord, run_key
 from clouddetect.lab.search import Capacity, Measure, SearchSettings, Step, find_capacity
 
 Echo = Callable[[str], None]
+# Start-up of Locust (reading and encoding the images) and the lab's checks around each step.
+STEP_OVERHEAD_S = 8.0
+# Users without think time fail near this share of throughput x timeout (measured on one 0.5-CPU server).
+EXPECTED_CAPACITY_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,31 @@ def wait_drained(platform: Platform, timeout_s: float, interval_s: float) -> Non
         return True if sum(m.in_flight for m in platform.pod_metrics().values()) == 0 else None
 
     poll(idle, timeout_s, interval_s, "the service to finish the requests in flight")
+
+
+def expected_run_s(pods: int, search: SearchSettings, load: LoadSettings, pod_rps: float) -> float:
+    """How long one run should take if its first guesses hold, from the time each phase needs at ``pod_rps``.
+
+    Users without think time fail near ``EXPECTED_CAPACITY_SHARE`` x throughput x timeout; the requests in flight
+    when a step ends take about one response time to be judged; the first timeout is seen a timeout after it began.
+    """
+    rps = pods * pod_rps
+    capacity = min(search.max_users, rps * (EXPECTED_CAPACITY_SHARE * load.timeout_s + load.wait_s))
+    start = min(capacity, rps * (search.start_fraction * load.timeout_s + load.wait_s)) if search.start_fraction else 0
+    response_s = min(load.timeout_s, capacity / rps)
+    jump_s = start / load.jump_spawn_rate
+    probe_s = 2 * load.probe_window_s
+    # After the first timeout the service still works off the requests of users added while it was coming.
+    backlog_s = search.spawn_rate * load.timeout_s / rps
+    search_s = probe_s + jump_s + (capacity - start) / search.spawn_rate + load.timeout_s + response_s + backlog_s
+    ramped = min(capacity, max(1.0, capacity * search.step_down_pct / 100)) if search.start_fraction else capacity
+    confirm_s = ((capacity - ramped) / load.jump_spawn_rate + ramped / search.confirm_spawn_rate + search.hold_s
+                 + response_s)
+    slo_s = 0.0
+    if search.slo_p95_s:
+        slo_users = min(capacity, rps * (search.slo_p95_s + load.wait_s))
+        slo_s = slo_users / search.spawn_rate + search.slo_hold_s + search.slo_p95_s + STEP_OVERHEAD_S
+    return search_s + confirm_s + slo_s + 2 * STEP_OVERHEAD_S
 
 
 def _now() -> str:
@@ -75,35 +104,42 @@ class Runner:
             for repeat in pending:
                 record = self.run_once(pods, repeat)
                 self.experiment.add(record)
-                self.say(f"{pods} pods, repeat {repeat}/{self.plan.repeats}: max {record.max_users} users, "
-                         f"avg {_ms(record.avg_ms)}, {record.rps or 0:.1f} req/s; recorded")
+                self.say(f"{pods} pods, repeat {repeat}/{self.plan.repeats}: max {record.max_users} users "
+                         f"(timeout {record.timeout_s:g} s), avg {_ms(record.avg_ms)}, p95 {_ms(record.p95_ms)}, "
+                         f"saturation {_rps(record.saturation_rps)}, users within the objective "
+                         f"{record.slo_users if record.slo_users is not None else '-'}; "
+                         f"took {record.duration_s:.0f} s; recorded")
 
     def run_once(self, pods: int, repeat: int) -> RunRecord:
         key = run_key(self.plan.client_location, pods, repeat)
-        started_at = _now()
+        started_at, started_s = _now(), time.monotonic()
         endpoint = self.platform.endpoint()
         label = f"{pods} pods, repeat {repeat}/{self.plan.repeats}"
         capacity = find_capacity(self._measure(endpoint, self.experiment.raw_dir(key), label), self.search)
-        return self._record(key, endpoint, capacity, started_at)
+        return self._record(key, endpoint, capacity, started_at, time.monotonic() - started_s)
 
     def _measure(self, endpoint: str, raw_dir: Path, label: str) -> Measure:
-        def measure(name: str, users: int, spawn_rate: float, hold_s: float) -> Step:
+        def measure(step: StepPlan) -> Step:
             wait_drained(self.platform, self.plan.drain_timeout_s, self.plan.poll_interval_s)
             before = self.platform.pod_metrics()
-            step_label = f"{label}, {name} to {users} users"
+            step_label = f"{label}, {step.name} to {step.users} users"
             self.say(f"{step_label}: starting")
-            outcome = run_step(endpoint, users, spawn_rate, hold_s, self.load, raw_dir / name,
+            outcome = run_step(endpoint, step, self.load, raw_dir / step.name,
                                lambda line: self.say(f"{step_label}: {line}"))
             verdict = "held" if outcome.passed else f"failed ({_kinds(outcome.failure_kinds)})"
-            self.say(f"{step_label}: {verdict}")
+            unjudged = outcome.requests_sent - outcome.requests_judged
+            self.say(f"{step_label}: {verdict}; p95 {_ms(outcome.p95_ms)}; {outcome.requests_judged} of "
+                     f"{outcome.requests_sent} requests judged" + (f" ({unjudged} never answered)" if unjudged else ""))
             return Step(outcome, served(before, self.platform.pod_metrics()))
 
         return measure
 
-    def _record(self, key: tuple[str, int, int], endpoint: str, capacity: Capacity, started_at: str) -> RunRecord:
+    def _record(self, key: tuple[str, int, int], endpoint: str, capacity: Capacity, started_at: str,
+                duration_s: float) -> RunRecord:
         location, pods, repeat = key
         accepted = capacity.accepted
         figures = accepted.outcome if accepted else None
+        slo = capacity.slo_held.outcome if capacity.slo_held else None
         return RunRecord(
             client_location=location, pods=pods, repeat=repeat, endpoint=endpoint,
             pod_names=self.platform.pods(), started_at=started_at, finished_at=_now(),
@@ -114,6 +150,7 @@ class Runner:
             avg_ms=figures.avg_ms if figures else None,
             median_ms=figures.median_ms if figures else None,
             p95_ms=figures.p95_ms if figures else None,
+            p99_ms=figures.p99_ms if figures else None,
             rps=figures.rps if figures else None,
             requests=figures.requests if figures else 0,
             failures=figures.failures if figures else 0,
@@ -121,7 +158,31 @@ class Runner:
             pod_requests=accepted.pod_requests if accepted else {},
             timeout_s=self.load.timeout_s, hold_s=self.search.hold_s,
             spawn_rate=self.search.spawn_rate, confirm_spawn_rate=self.search.confirm_spawn_rate,
+            wait_s=self.load.wait_s,
+            held_s=figures.held_s if figures else None,
+            stable=figures.stable if figures else None,
+            window_ms=figures.window_ms if figures else [],
+            saturation_rps=capacity.saturation_rps,
+            search_saturation_rps=capacity.search.outcome.saturation_rps,
+            slo_p95_s=self.search.slo_p95_s or None,
+            slo_users=capacity.slo_users,
+            slo_p95_ms=slo.p95_ms if slo else None,
+            requests_sent=sum(s.outcome.requests_sent for s in capacity.steps),
+            requests_judged=sum(s.outcome.requests_judged for s in capacity.steps),
+            duration_s=round(duration_s, 1),
+            steps=[_step_record(s.outcome) for s in capacity.steps],
         )
+
+
+def _step_record(outcome: StepOutcome) -> StepRecord:
+    return StepRecord(name=outcome.name, users=outcome.users, passed=outcome.passed,
+                      first_failure_users=outcome.first_failure_users, held_s=outcome.held_s,
+                      stable=outcome.stable, p95_ms=outcome.p95_ms, requests_sent=outcome.requests_sent,
+                      requests_judged=outcome.requests_judged)
+
+
+def _rps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} req/s"
 
 
 def _ms(value: float | None) -> str:

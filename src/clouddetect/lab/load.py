@@ -8,10 +8,12 @@ Locust's output goes to a log file beside its CSVs; progress lines and Locust's 
 from __future__ import annotations
 
 import json
+import math
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ SHAPE_FILE = Path(clouddetect.lab.__file__).with_name("shape.py")
 PROGRESS_PREFIX = "progress:"
 ECHOED_LOG_LEVELS = ("/WARNING/", "/ERROR/", "/CRITICAL/")
 LOCUST_EXIT_TIMEOUT_S = 60.0
+# Beyond the time its requests may take, what a step's end may take to collect the last counts.
+STOP_MARGIN_S = 10.0
 
 
 class LoadError(RuntimeError):
@@ -32,13 +36,37 @@ class LoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadSettings:
-    """How requests are generated; the same for every step of an experiment."""
+    """How requests are generated and steps judged; the same for every step of an experiment."""
 
     timeout_s: float
     images: Path
     image_order: str
     locust_processes: int
     progress_interval_s: float
+    wait_s: float = 0.0
+    jump_spawn_rate: float = 20.0
+    probe_window_s: float = 5.0
+    hold_windows: int = 4
+    stable_tolerance_pct: float = 10.0
+    max_extension_s: float = 60.0
+
+    @property
+    def stop_timeout_s(self) -> float:
+        """How long a stopped user's last request may still take: connecting and answering each have the timeout."""
+        return 2 * self.timeout_s + STOP_MARGIN_S
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One load step: reach ``users`` (jumping to ``start_users`` first, then at ``spawn_rate``) and hold them."""
+
+    name: str
+    users: int
+    spawn_rate: float
+    hold_s: float = 0.0
+    start_users: int = 0
+    # Search only: once saturated, jump to this share of saturation throughput x timeout (0: no jump).
+    start_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -53,39 +81,60 @@ class StepOutcome:
     avg_ms: float | None
     median_ms: float | None
     p95_ms: float | None
+    p99_ms: float | None
     rps: float
+    requests_sent: int
+    requests_judged: int
+    start_users: int = 0
+    saturation_rps: float | None = None
+    stable: bool | None = None
+    window_ms: list[float | None] = field(default_factory=list)
+    name: str = ""
 
     @property
     def passed(self) -> bool:
-        return self.first_failure_users is None and self.failures == 0 and self.held_s is not None
+        """Held with no failure, and every request sent was judged (none left unanswered when the step ended)."""
+        return (self.first_failure_users is None and self.failures == 0 and self.held_s is not None
+                and self.requests_sent == self.requests_judged)
 
 
-def locust_command(url: str, users: int, spawn_rate: float, hold_s: float, load: LoadSettings,
-                   prefix: Path) -> list[str]:
+def locust_command(url: str, step: StepPlan, load: LoadSettings, prefix: Path) -> list[str]:
     command = [
         sys.executable, "-m", "locust", "-f", f"{LOCUSTFILE},{SHAPE_FILE}", "--headless", "--host", url,
         "--csv", str(prefix), "--csv-full-history", "--only-summary", "--exit-code-on-error", "0",
+        "--stop-timeout", str(math.ceil(load.stop_timeout_s)),  # whole seconds only
         "--images", str(load.images), "--image-order", load.image_order,
-        "--request-timeout-s", str(load.timeout_s),
-        "--lab-users", str(users), "--lab-spawn-rate", str(spawn_rate), "--lab-hold-s", str(hold_s),
+        "--request-timeout-s", str(load.timeout_s), "--wait-s", str(load.wait_s),
+        "--lab-users", str(step.users), "--lab-spawn-rate", str(step.spawn_rate), "--lab-hold-s", str(step.hold_s),
+        "--lab-start-users", str(step.start_users), "--lab-start-fraction", str(step.start_fraction),
+        "--lab-jump-spawn-rate", str(load.jump_spawn_rate), "--lab-probe-window-s", str(load.probe_window_s),
+        "--lab-hold-windows", str(load.hold_windows), "--lab-stable-tolerance-pct", str(load.stable_tolerance_pct),
+        "--lab-max-extension-s", str(load.max_extension_s), "--lab-drain-timeout-s", str(load.stop_timeout_s),
         "--lab-outcome", str(outcome_path(prefix)), "--lab-progress-interval-s", str(load.progress_interval_s),
     ]
     if load.locust_processes:
-        command += ["--processes", str(load.locust_processes)]
+        # Locust's default master port is shared by every Locust on the machine: take a free one.
+        port = str(free_port())
+        command += ["--processes", str(load.locust_processes), "--master-bind-port", port, "--master-port", port]
     return command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def outcome_path(prefix: Path) -> Path:
     return prefix.with_name(prefix.name + "_outcome.json")
 
 
-def run_step(url: str, users: int, spawn_rate: float, hold_s: float, load: LoadSettings, prefix: Path,
-             echo: Callable[[str], None]) -> StepOutcome:
-    """Ramp to ``users`` and hold them ``hold_s``, stopping at the first failure; raw files start with ``prefix``."""
+def run_step(url: str, step: StepPlan, load: LoadSettings, prefix: Path, echo: Callable[[str], None]) -> StepOutcome:
+    """Ramp to the step's users and hold them, stopping at the first failure; raw files start with ``prefix``."""
     outcome_file = outcome_path(prefix)
     outcome_file.unlink(missing_ok=True)
     log_path = prefix.with_name(prefix.name + ".log")
-    command = locust_command(url, users, spawn_rate, hold_s, load, prefix)
+    command = locust_command(url, step, load, prefix)
     with log_path.open("w") as log, subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
@@ -96,7 +145,7 @@ def run_step(url: str, users: int, spawn_rate: float, hold_s: float, load: LoadS
             code = process.wait(timeout=LOCUST_EXIT_TIMEOUT_S)
     if not outcome_file.exists():
         raise LoadError(f"Locust exited with {code} without an outcome; see {log_path}")
-    return StepOutcome(users=users, **json.loads(outcome_file.read_text()))
+    return StepOutcome(users=step.users, name=step.name, **json.loads(outcome_file.read_text()))
 
 
 def _relay(process: subprocess.Popen[str], log: Any, echo: Callable[[str], None]) -> None:

@@ -6,6 +6,7 @@ from each pod's Prometheus ``/metrics``: requests answered (by status) and reque
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ class Platform(Protocol):
     def pod_metrics(self) -> dict[str, PodMetrics]:
         """Each serving pod's counters, by pod name."""
 
+    def describe(self) -> dict[str, Any]:
+        """What serves: each pod's CPU and memory where known, and the inference engine the service reports."""
+
 
 def parse_metrics(text: str) -> PodMetrics:
     by_status: dict[str, int] = {}
@@ -61,6 +65,12 @@ def parse_metrics(text: str) -> PodMetrics:
             elif sample.name == IN_FLIGHT_SAMPLE:
                 in_flight = int(sample.value)
     return PodMetrics(by_status, in_flight)
+
+
+def reported_engine(readyz: Any) -> str | None:
+    """The engine a service names in its /readyz answer; None from a service that does not say."""
+    engine = readyz.get("engine") if isinstance(readyz, dict) else None
+    return engine if isinstance(engine, str) else None
 
 
 def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float, waiting_for: str) -> T:
@@ -112,6 +122,13 @@ class FixedUrl:
 
     def pod_metrics(self) -> dict[str, PodMetrics]:
         return {self.pods()[0]: parse_metrics(self._get("/metrics").text)}
+
+    def describe(self) -> dict[str, Any]:
+        try:
+            readyz = requests.get(self.url + "/readyz", timeout=self.http_timeout_s).json()
+        except (requests.RequestException, ValueError):
+            readyz = None
+        return {"pod_cpu": None, "pod_memory": None, "engine": reported_engine(readyz)}
 
     def _get(self, path: str) -> requests.Response:
         try:
@@ -202,3 +219,22 @@ class Kubernetes:
             )
             metrics[name] = parse_metrics(response.data.decode())
         return metrics
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.apps.read_namespaced_deployment(self.deployment, self.namespace).spec.template.spec
+        resources = spec.containers[0].resources
+        limits = (resources.limits or {}) if resources else {}
+        return {"pod_cpu": limits.get("cpu"), "pod_memory": limits.get("memory"), "engine": self._engine()}
+
+    def _engine(self) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        for name in self.pods()[:1]:
+            try:
+                response = self.core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{name}:{self.pod_port}", self.namespace, "readyz", _preload_content=False
+                )
+                return reported_engine(json.loads(response.data))
+            except (ApiException, ValueError):
+                return None
+        return None

@@ -1,4 +1,8 @@
-"""The report's PNG plots, drawn with matplotlib's non-interactive backend (no display needed)."""
+"""The report's PNG plots, drawn with matplotlib's non-interactive backend (no display needed).
+
+A figure without data is not drawn. Each drawn figure comes back with the series its artists hold, read from
+matplotlib after drawing, so what a figure shows can be checked without looking at pixels.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -25,6 +30,19 @@ class Summary:
     mean: float
     std: float
     n: int
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+
+
+@dataclass(frozen=True)
+class Drawn:
+    path: Path
+    series: list[Series]
 
 
 @dataclass(frozen=True)
@@ -52,20 +70,30 @@ def load_curve(history_csv: Path, window_s: int = HISTORY_WINDOW_S) -> list[Load
     return points
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: plt.Figure, path: Path, drawn: list[Series]) -> Drawn:
     figure.tight_layout()
     figure.savefig(path, dpi=FIGURE_DPI)
     plt.close(figure)
-    return path
+    return Drawn(path, drawn)
 
 
-def per_pods(series: dict[str, dict[int, Summary]], ylabel: str, title: str, path: Path) -> Path:
+def _series(label: str, line: Any) -> Series:
+    return Series(label, [float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+
+
+def per_pods(series: dict[str, dict[int, Summary]], ylabel: str, title: str, path: Path) -> Drawn | None:
     """One line per client location: a figure (mean, with the standard deviation as error bars) per pod count."""
+    series = {location: by_pods for location, by_pods in series.items() if by_pods}
+    if not series:
+        return None
     figure, axes = plt.subplots(figsize=FIGURE_SIZE_IN)
+    drawn = []
     for location, by_pods in sorted(series.items()):
         pods = sorted(by_pods)
-        axes.errorbar(pods, [by_pods[p].mean for p in pods], yerr=[by_pods[p].std for p in pods],
-                      marker="o", capsize=4, label=f"client on {location}")
+        label = f"client on {location}"
+        bars = axes.errorbar(pods, [by_pods[p].mean for p in pods], yerr=[by_pods[p].std for p in pods],
+                             marker="o", capsize=4, label=label)
+        drawn.append(_series(label, bars.lines[0]))
     axes.set_xscale("log", base=2)
     all_pods = sorted({p for by_pods in series.values() for p in by_pods})
     axes.set_xticks(all_pods, [str(p) for p in all_pods])
@@ -75,30 +103,35 @@ def per_pods(series: dict[str, dict[int, Summary]], ylabel: str, title: str, pat
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
     axes.legend()
-    return _save(figure, path)
+    return _save(figure, path, drawn)
 
 
-def load_curves(curves: Iterable[tuple[int, list[LoadPoint]]], title: str, path: Path) -> Path:
-    """Response time and throughput against users while ramping, one colour per pod count (repeats overlaid)."""
+def load_curves(curves: Iterable[tuple[int, list[LoadPoint]]], title: str, path: Path) -> Drawn | None:
+    """Response time and throughput against users while ramping, one colour per pod count (repeats overlaid).
+
+    Series are labelled "N pods: response time" and "N pods: requests/s", one pair per run.
+    """
+    curves = sorted(((pods, points) for pods, points in curves if points), key=lambda c: c[0])
+    if not curves:
+        return None
     figure, (time_axes, rate_axes) = plt.subplots(1, 2, figsize=(FIGURE_SIZE_IN[0] * 1.6, FIGURE_SIZE_IN[1]))
     colours: dict[int, str] = {}
-    for pods, points in sorted(curves, key=lambda c: c[0]):
-        if not points:
-            continue
+    drawn = []
+    for pods, points in curves:
         colour = colours.setdefault(pods, f"C{len(colours)}")
         label = None if _labelled(time_axes, pods) else f"{pods} pods"
         users = [p.users for p in points]
-        time_axes.plot(users, [p.avg_ms for p in points], color=colour, alpha=0.8, label=label)
-        rate_axes.plot(users, [p.rps for p in points], color=colour, alpha=0.8, label=label)
+        [times] = time_axes.plot(users, [p.avg_ms for p in points], color=colour, alpha=0.8, label=label)
+        [rates] = rate_axes.plot(users, [p.rps for p in points], color=colour, alpha=0.8, label=label)
+        drawn += [_series(f"{pods} pods: response time", times), _series(f"{pods} pods: requests/s", rates)]
     for axes, ylabel in ((time_axes, "mean response time (ms)"), (rate_axes, "requests/s")):
         axes.set_xlabel("users")
         axes.set_ylabel(ylabel)
         axes.set_ylim(bottom=0)
         axes.grid(True, alpha=0.3)
-        if colours:
-            axes.legend()
+        axes.legend()
     figure.suptitle(title)
-    return _save(figure, path)
+    return _save(figure, path, drawn)
 
 
 def _labelled(axes: plt.Axes, pods: int) -> bool:

@@ -1,8 +1,9 @@
 """An experiment directory: its conditions, one record per finished run (JSON and a tidy CSV), and raw Locust files.
 
 Every run is written as soon as it finishes, so an interrupted experiment keeps what it measured and resumes:
-``lab run`` on the same directory skips the runs already recorded. Runs measured under other conditions (timeout,
-hold time, ...) cannot be mixed into one directory.
+``lab run --out DIR`` on the same directory skips the runs already recorded. Runs measured under other conditions
+(timeout, hold time, ...) cannot be mixed into one directory. ``experiment.json`` also records what the experiment
+ran on (``environment``: code version, pods, engine, the client's network), as found when it was created.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ CONDITIONS_FILE = "experiment.json"
 RUNS_JSON = "runs.json"
 RUNS_CSV = "runs.csv"
 RAW_DIR = "raw"
+ENVIRONMENT_KEY = "environment"
 
 
 class ExperimentError(RuntimeError):
@@ -26,8 +28,29 @@ class ExperimentError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class StepRecord:
+    """One load step of a run, as the search saw it."""
+
+    name: str
+    users: int
+    passed: bool
+    first_failure_users: int | None
+    held_s: float | None
+    stable: bool | None
+    p95_ms: float | None
+    requests_sent: int
+    requests_judged: int
+
+
+@dataclass(frozen=True)
 class RunRecord:
-    """One repeat of one configuration: its capacity and the figures of the load it was confirmed at."""
+    """One repeat of one configuration: its capacity and the figures of the load it was confirmed at.
+
+    ``requests_sent`` / ``requests_judged`` add up every step of the run; they are equal when no request was left
+    unanswered. ``saturation_rps`` is the throughput more users no longer raise: that of the held capacity, which
+    is well past saturation (``search_saturation_rps``: the search's first estimate, from its ramp);
+    ``slo_users`` the most users held with a p95 response time within ``slo_p95_s``.
+    """
 
     client_location: str
     pods: int
@@ -43,6 +66,7 @@ class RunRecord:
     avg_ms: float | None
     median_ms: float | None
     p95_ms: float | None
+    p99_ms: float | None
     rps: float | None
     requests: int
     failures: int
@@ -52,10 +76,27 @@ class RunRecord:
     hold_s: float
     spawn_rate: float
     confirm_spawn_rate: float
+    wait_s: float
+    held_s: float | None
+    stable: bool | None
+    window_ms: list[float | None]
+    saturation_rps: float | None
+    search_saturation_rps: float | None
+    slo_p95_s: float | None
+    slo_users: int | None
+    slo_p95_ms: float | None
+    requests_sent: int
+    requests_judged: int
+    duration_s: float
+    steps: list[StepRecord]
 
     @property
     def key(self) -> tuple[str, int, int]:
         return run_key(self.client_location, self.pods, self.repeat)
+
+
+def _run(fields_: dict[str, Any]) -> RunRecord:
+    return RunRecord(**{**fields_, "steps": [StepRecord(**step) for step in fields_["steps"]]})
 
 
 def run_key(client_location: str, pods: int, repeat: int) -> tuple[str, int, int]:
@@ -73,13 +114,15 @@ def _csv_value(value: Any) -> Any:
 
 
 class Experiment:
-    def __init__(self, directory: Path, conditions: dict[str, Any], runs: list[RunRecord]):
+    def __init__(self, directory: Path, conditions: dict[str, Any], runs: list[RunRecord],
+                 environment: dict[str, Any] | None = None):
         self.directory = directory
         self.conditions = conditions
         self.runs = runs
+        self.environment = environment or {}
 
     @classmethod
-    def open(cls, directory: Path, conditions: dict[str, Any]) -> Experiment:
+    def open(cls, directory: Path, conditions: dict[str, Any], environment: dict[str, Any]) -> Experiment:
         """The experiment in ``directory``, created if new; refused if it was measured under other conditions."""
         conditions_file = directory / CONDITIONS_FILE
         if conditions_file.exists():
@@ -91,8 +134,8 @@ class Experiment:
                                       "use another directory")
             return cls.load(directory)
         (directory / RAW_DIR).mkdir(parents=True, exist_ok=True)
-        _write_atomically(conditions_file, json.dumps(conditions, indent=2) + "\n")
-        return cls(directory, conditions, [])
+        _write_atomically(conditions_file, json.dumps({**conditions, ENVIRONMENT_KEY: environment}, indent=2) + "\n")
+        return cls(directory, conditions, [], environment)
 
     @classmethod
     def load(cls, directory: Path) -> Experiment:
@@ -100,8 +143,13 @@ class Experiment:
         if not conditions_file.exists():
             raise ExperimentError(f"{directory} holds no experiment ({CONDITIONS_FILE} is missing)")
         runs_file = directory / RUNS_JSON
-        runs = [RunRecord(**r) for r in json.loads(runs_file.read_text())] if runs_file.exists() else []
-        return cls(directory, json.loads(conditions_file.read_text()), runs)
+        try:
+            runs = [_run(r) for r in json.loads(runs_file.read_text())] if runs_file.exists() else []
+        except (TypeError, KeyError) as exc:
+            raise ExperimentError(f"{runs_file} has runs in another format ({exc}); measure again") from None
+        conditions = json.loads(conditions_file.read_text())
+        environment = conditions.pop(ENVIRONMENT_KEY, {})
+        return cls(directory, conditions, runs, environment)
 
     def done(self, key: tuple[str, int, int]) -> bool:
         return any(r.key == key for r in self.runs)
@@ -127,5 +175,6 @@ class Experiment:
         writer = csv.writer(buffer)
         writer.writerow(columns)
         for run in self.runs:
-            writer.writerow([_csv_value(getattr(run, c)) for c in columns])
+            values = asdict(run)
+            writer.writerow([_csv_value(values[c]) for c in columns])
         return buffer.getvalue()

@@ -1,10 +1,19 @@
 """The load plan of one lab step, loaded by Locust next to the locustfile (``-f locustfile.py,shape.py``).
 
-Users ramp at the spawn rate towards a target; the step ends at the first failed request, or once the target has
-been held for the hold time. Statistics are reset when the target is reached, so the figures of a held step are
-those of the steady state, not of the ramp. The target rises by one second's worth of users per tick: a
-distributed master blocks in ``start()`` until a ramp completes, and small steps keep it checking for failures.
-At exit the outcome and the final figures go to a JSON file for the lab (Locust's CSVs lag by up to a second).
+Users ramp at the spawn rate towards a target, after an optional quick jump to a level known to be safe; the step
+ends at the first failed request, or once the target has been held for the hold time and the hold's response times
+are stable (``windows.py``), extended up to a bound while they are not. Statistics are reset when the target is
+reached, so the figures of a held step are those of the steady state, not of the ramp.
+
+A search step (``--lab-start-fraction`` above 0) also measures the saturation throughput while ramping and, once
+saturated, jumps to that share of throughput x timeout (plus think time), well below where the first timeout is
+expected, and ramps on from there. Requests sent before the jump is done meet its burst, not a steady load: their
+failures are recorded but do not end the search.
+
+When a step ends no user starts another request, and the requests in flight are awaited (Locust's stop timeout)
+and judged; the outcome records requests sent and judged, counted by the users themselves. The target rises by one
+second's worth of users per tick: a distributed master blocks in ``start()`` until a ramp completes, and small
+steps keep it checking for failures. At exit the outcome goes to a JSON file for the lab.
 """
 
 from __future__ import annotations
@@ -12,19 +21,26 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
+import gevent
 from locust import LoadTestShape, events
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import RequestStats
 
-from clouddetect.lab.load import PROGRESS_PREFIX
+from clouddetect.lab.load import PROGRESS_PREFIX, LoadSettings
+from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_at, window_means
+from clouddetect.loadtest import tally
 
 # Failures reach a distributed master as the repr of the worker's exception.
 _CATCH_RESPONSE_REPR = re.compile(r"^CatchResponseError\('(.*)'\)$")
+# How often a distributed master looks for its workers' last counts while they finish their requests.
+DRAIN_POLL_S = 0.5
+PROBE_WINDOWS_PER_TIMEOUT = 4
 
 
 @events.init_command_line_parser.add_listener
@@ -35,6 +51,21 @@ def _add_options(parser: LocustArgumentParser) -> None:
         "--lab-hold-s": {"type": float, "default": 0.0, "help": "Time to hold the target once reached."},
         "--lab-outcome": {"required": True, "help": "JSON file the outcome is written to."},
         "--lab-progress-interval-s": {"type": float, "default": 5.0, "help": "Time between progress lines."},
+        "--lab-start-users": {"type": int, "default": 0, "help": "Users reached quickly before ramping."},
+        "--lab-jump-spawn-rate": {"type": float, "default": LoadSettings.jump_spawn_rate,
+                                  "help": "Users started per second in a jump."},
+        "--lab-start-fraction": {"type": float, "default": 0.0,
+                                 "help": "Search: once saturated, jump to this share of throughput x timeout."},
+        "--lab-probe-window-s": {"type": float, "default": LoadSettings.probe_window_s,
+                                 "help": "Window of the saturation probe."},
+        "--lab-hold-windows": {"type": int, "default": LoadSettings.hold_windows,
+                               "help": "Windows the hold is split into."},
+        "--lab-stable-tolerance-pct": {"type": float, "default": LoadSettings.stable_tolerance_pct,
+                                       "help": "How far a window's mean response time may be from the hold's."},
+        "--lab-max-extension-s": {"type": float, "default": LoadSettings.max_extension_s,
+                                  "help": "Longest extension of an unstable hold."},
+        "--lab-drain-timeout-s": {"type": float, "default": 70.0,
+                                  "help": "Time the requests in flight get to be judged when a step ends."},
     }
     for flag, kwargs in options.items():
         parser.add_argument(flag, include_in_web_ui=False, **kwargs)
@@ -48,27 +79,111 @@ class CapacityShape(LoadTestShape):
         self.reached_s: float | None = None
         self.stopped_s: float | None = None
         self.last_progress_s = -math.inf
+        self.history: list[tuple[float, int]] = []  # (wall-clock time, users)
+        self.hold: list[Sample] = []
+        self.window_ms: list[float | None] = []
+        self.stable: bool | None = None
+        self.jump_to = 0
+        self.jump_done_s: float | None = None
+        self.jump_done_wall: float | None = None
+        self.probe: SaturationProbe | None = None
 
     def tick(self) -> tuple[int, float] | None:
         options = self.runner.environment.parsed_options
+        if self.probe is None:  # options are parsed once the shape exists
+            # A short timeout fails early: windows shrink with it (to a tick) so saturation is seen first.
+            window_s = max(1.0, min(options.lab_probe_window_s, options.request_timeout_s / PROBE_WINDOWS_PER_TIMEOUT))
+            self.probe = SaturationProbe(window_s)
+            self.jump_to = options.lab_start_users
         now_s = self.get_run_time()
         users = self.runner.user_count
+        total = self.runner.stats.total
         self.peak_users = max(self.peak_users, users)
+        self.history.append((time.time(), users))
         self._progress(now_s, users, options.lab_progress_interval_s)
-        if self.runner.stats.total.num_failures:
-            self.first_failure_users = users
+        if total.num_failures and self._failure_counts(options):
+            self.first_failure_users = self._users_at_first_failure(users, options)
+            self.probe.overloaded = True
             return self._stop(now_s)
+        if options.lab_start_fraction > 0:
+            self._search(Sample(now_s, users, total.num_requests, total.total_response_time), options)
         if self.reached_s is None and users >= options.lab_users:
             self.reached_s = now_s
             self.runner.stats.reset_all()
-        if self.reached_s is not None and now_s - self.reached_s >= options.lab_hold_s:
+        if self.reached_s is not None and self._held(now_s - self.reached_s, options):
             return self._stop(now_s)
-        target = min(options.lab_users, max(1, round(options.lab_spawn_rate * (now_s + 1))))
-        return target, options.lab_spawn_rate
+        return self._target(now_s, users, options)
+
+    def _search(self, sample: Sample, options: Any) -> None:
+        assert self.probe is not None
+        self.probe.add(sample)
+        if not self.probe.saturated or self.jump_to or self.jump_done_s is not None:
+            return
+        start = math.floor(self.probe.rps * (options.lab_start_fraction * options.request_timeout_s + options.wait_s))
+        if start > sample.users:
+            self.jump_to = min(start, options.lab_users)
+            print(f"{PROGRESS_PREFIX} saturated at {self.probe.rps:.1f} req/s; jumping to {self.jump_to} users",
+                  flush=True)
+
+    def _target(self, now_s: float, users: int, options: Any) -> tuple[int, float]:
+        if self.jump_to and self.jump_done_s is None:
+            if users < self.jump_to:
+                return self.jump_to, options.lab_jump_spawn_rate
+            self.jump_done_s, self.jump_done_wall = now_s, time.time()
+        base, since_s = (self.jump_to, self.jump_done_s) if self.jump_done_s is not None else (0, 0.0)
+        ramped = base + round(options.lab_spawn_rate * (now_s - since_s + 1))
+        return min(options.lab_users, max(1, ramped)), options.lab_spawn_rate
+
+    def _held(self, held_s: float, options: Any) -> bool:
+        """Whether the hold is over: held long enough and stable, or extended as far as allowed."""
+        total = self.runner.stats.total
+        self.hold.append(Sample(held_s, self.runner.user_count, total.num_requests, total.total_response_time))
+        if held_s < options.lab_hold_s:
+            return False
+        windows = min(options.lab_hold_windows, math.floor(options.lab_hold_s))
+        self.window_ms = window_means(self.hold, held_s - options.lab_hold_s, held_s, windows)
+        self.stable = is_stable(self.window_ms, options.lab_stable_tolerance_pct)
+        return self.stable is not False or held_s >= options.lab_hold_s + options.lab_max_extension_s
+
+    def _failure_counts(self, options: Any) -> bool:
+        """Whether a failure ends the step: in a search, one sent before its jump was done is the jump's burst."""
+        if options.lab_start_fraction <= 0 or not self.jump_to:
+            return True
+        done_at = self.jump_done_wall
+        return done_at is not None and self._tally().first_failure_sent_at(done_at) is not None
+
+    def _users_at_first_failure(self, users_now: int, options: Any) -> int:
+        """Users when the first (counted) failed request was sent: the load that made it fail."""
+        counted_from = self.jump_done_wall if options.lab_start_fraction > 0 and self.jump_done_wall else 0.0
+        sent_at = self._tally().first_failure_sent_at(counted_from)
+        met = None if sent_at is None else users_at(self.history, sent_at)
+        return users_now if met is None else max(1, met)
+
+    def _tally(self) -> tally.Tally:
+        if isinstance(self.runner, MasterRunner):
+            return tally.combined(list(tally.WORKERS.values()))
+        return tally.LOCAL
 
     def _stop(self, now_s: float) -> None:
+        """No new requests; those in flight finish (up to Locust's stop timeout) and are judged.
+
+        A local runner stops its users itself. A distributed master sends its workers zero users instead (stopping
+        them would leave the workers waiting for a master that quits), then hears their last counts.
+        """
         self.stopped_s = now_s
+        print(f"{PROGRESS_PREFIX} {now_s:.0f} s, stopping; waiting for the requests in flight", flush=True)
+        if isinstance(self.runner, MasterRunner):
+            self.runner.start(0, spawn_rate=max(1.0, float(self.runner.user_count)))
+        else:
+            self.runner.stop()
+        deadline = time.monotonic() + self.runner.environment.parsed_options.lab_drain_timeout_s
+        while not self._drained() and time.monotonic() < deadline:
+            gevent.sleep(DRAIN_POLL_S)
         return None
+
+    def _drained(self) -> bool:
+        counted = self._tally()
+        return self.runner.user_count == 0 and counted.judged >= counted.sent
 
     def _progress(self, now_s: float, users: int, interval_s: float) -> None:
         if now_s - self.last_progress_s < interval_s:
@@ -82,10 +197,17 @@ class CapacityShape(LoadTestShape):
         )
 
     def outcome(self) -> dict[str, Any]:
+        counted = self._tally()
         return {
             "first_failure_users": self.first_failure_users,
             "peak_users": self.peak_users,
             "held_s": None if self.reached_s is None or self.stopped_s is None else self.stopped_s - self.reached_s,
+            "start_users": self.jump_to,
+            "saturation_rps": self.probe.rps if self.probe else None,
+            "stable": self.stable,
+            "window_ms": self.window_ms,
+            "requests_sent": counted.sent,
+            "requests_judged": counted.judged,
             **_figures(self.runner.stats),
         }
 
@@ -104,6 +226,7 @@ def _figures(stats: RequestStats) -> dict[str, Any]:
         "avg_ms": total.avg_response_time if answered else None,
         "median_ms": total.median_response_time if answered else None,
         "p95_ms": total.get_response_time_percentile(0.95) if answered else None,
+        "p99_ms": total.get_response_time_percentile(0.99) if answered else None,
         "rps": total.total_rps,
     }
 

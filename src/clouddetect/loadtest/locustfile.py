@@ -19,6 +19,7 @@ from locust.env import Environment
 
 from clouddetect.answers import ENDPOINT
 from clouddetect.images import IMAGES_ENV, default_folder, encode_file, image_files
+from clouddetect.loadtest import tally
 from clouddetect.loadtest.checks import failure_kind
 
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
@@ -49,18 +50,33 @@ def _prepare(environment: Environment, **_kwargs: object) -> None:
     DetectionUser.network_timeout = DetectionUser.connection_timeout = options.request_timeout_s
 
 
+@events.report_to_master.add_listener
+def _report_tally(data: dict, **_kwargs: object) -> None:
+    data[tally.REPORT_KEY] = tally.LOCAL.as_report()
+
+
+@events.worker_report.add_listener
+def _receive_tally(client_id: str, data: dict, **_kwargs: object) -> None:
+    if tally.REPORT_KEY in data:
+        tally.WORKERS[client_id] = tally.Tally(**data[tally.REPORT_KEY])
+
+
 def request_body(request_id: str, encoded_image: bytes) -> bytes:
     return b'{"id": ' + json.dumps(request_id).encode("ascii") + b', "image": ' + encoded_image + b"}"
 
 
 class DetectionUser(FastHttpUser):
-    """One client sending images back to back (no think time unless ``--wait-s``)."""
+    """One client sending images back to back (no think time unless ``--wait-s``).
+
+    Each user starts at a random image, so that the whole folder is sent even when users send few requests each.
+    Every request is counted when sent and again once judged (see ``tally.py``).
+    """
 
     def wait_time(self) -> float:
         return self.environment.parsed_options.wait_s
 
     def on_start(self) -> None:
-        self.next_image = 0
+        self.next_image = random.randrange(len(_encoded_images))
 
     def pick_image(self) -> bytes:
         if self.environment.parsed_options.image_order == "random":
@@ -73,6 +89,7 @@ class DetectionUser(FastHttpUser):
     def detect(self) -> None:
         request_id = str(uuid.uuid4())
         timeout_s = self.environment.parsed_options.request_timeout_s
+        sent_at = tally.LOCAL.send()
         with self.client.post(ENDPOINT, data=request_body(request_id, self.pick_image()), headers=JSON_HEADERS,
                               catch_response=True) as response:
             elapsed_s = response.request_meta["response_time"] / 1000
@@ -84,3 +101,4 @@ class DetectionUser(FastHttpUser):
                 response.success()
             else:
                 response.failure(kind)
+        tally.LOCAL.judge(sent_at, failed=kind is not None)

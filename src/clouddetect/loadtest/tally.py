@@ -1,0 +1,48 @@
+"""Requests sent and requests judged, counted by the users themselves, so that their equality is checked.
+
+Locust's statistics count a request only once it is judged: one still in flight when its user is stopped appears
+nowhere. Each process counts its own; a distributed master keeps every worker's latest (cumulative) count.
+Kept free of Locust so the lab's arithmetic can be tested without it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+# The key under which a worker's tally travels in its statistics report to the master.
+REPORT_KEY = "clouddetect_tally"
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    judged: int = 0
+    # Wall-clock times at which failed requests were sent (the lab maps them to the users of that moment).
+    failures_sent_at: list[float] = field(default_factory=list)
+
+    def send(self) -> float:
+        self.sent += 1
+        return time.time()
+
+    def judge(self, sent_at: float, failed: bool) -> None:
+        self.judged += 1
+        if failed:
+            self.failures_sent_at.append(sent_at)
+
+    def first_failure_sent_at(self, since: float = 0.0) -> float | None:
+        """When the earliest failed request sent at or after ``since`` was sent."""
+        return min((t for t in self.failures_sent_at if t >= since), default=None)
+
+    def as_report(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def combined(tallies: list[Tally]) -> Tally:
+    return Tally(sum(t.sent for t in tallies), sum(t.judged for t in tallies),
+                 [sent_at for t in tallies for sent_at in t.failures_sent_at])
+
+
+# This process's users count here; on a distributed master, each worker's latest report is kept by its id.
+LOCAL = Tally()
+WORKERS: dict[str, Tally] = {}

@@ -1,0 +1,37 @@
+"""The expected duration printed before an experiment: what each phase of a run needs at a given throughput."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from clouddetect.lab.experiment import STEP_OVERHEAD_S, expected_run_s
+from clouddetect.lab.load import LoadSettings
+from clouddetect.lab.search import SearchSettings
+
+SEARCH = SearchSettings(spawn_rate=2.0, confirm_spawn_rate=1.0, hold_s=60.0, max_users=3000, step_down_pct=10.0,
+                        start_fraction=0.6, slo_p95_s=0.0)
+LOAD = LoadSettings(timeout_s=30.0, images=Path("."), image_order="sequence", locust_processes=0,
+                    progress_interval_s=5.0, jump_spawn_rate=20.0, probe_window_s=5.0)
+
+
+def test_one_pod_run_is_the_sum_of_its_phases() -> None:
+    # 5 req/s: capacity 0.75 x 5 x 30 = 112.5 users, jump level 0.6 x 5 x 30 = 90, answers take 22.5 s.
+    search_s = 2 * 5.0 + 90 / 20 + 22.5 / 2 + 30 + 22.5 + 2 * 30 / 5  # the last: backlog of users added meanwhile
+    confirm_s = (112.5 - 11.25) / 20 + 11.25 / 1 + 60 + 22.5  # quickly to one 10 % step below, then 1 user/s
+    assert expected_run_s(1, SEARCH, LOAD, 5.0) == pytest.approx(search_s + confirm_s + 2 * STEP_OVERHEAD_S)
+
+
+def test_more_pods_take_longer_and_the_jump_saves_ramping() -> None:
+    durations = [expected_run_s(pods, SEARCH, LOAD, 5.0) for pods in (1, 2, 4, 8)]
+    assert durations == sorted(durations)
+    no_jump = dataclasses.replace(SEARCH, start_fraction=0.0)
+    assert expected_run_s(8, no_jump, LOAD, 5.0) > durations[-1]
+
+
+def test_a_latency_objective_adds_its_step() -> None:
+    with_slo = dataclasses.replace(SEARCH, slo_p95_s=2.0, slo_hold_s=20.0)
+    added = expected_run_s(1, with_slo, LOAD, 5.0) - expected_run_s(1, SEARCH, LOAD, 5.0)
+    assert added == pytest.approx(10 / 2.0 + 20.0 + 2.0 + STEP_OVERHEAD_S)
