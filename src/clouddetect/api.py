@@ -20,11 +20,18 @@ from clouddetect.codec import decode_image
 from clouddetect.config import Settings
 from clouddetect.contract import ENDPOINT, parse_request, response_body
 from clouddetect.detector import Detection, Detector, PreparedImage
-from clouddetect.errors import BodyTooLarge, ClientError, LengthRequired, MalformedJson, NotJson, NotReady
+from clouddetect.errors import (
+    REFUSAL_ENVIRON_KEY,
+    BodyTooLarge,
+    ClientError,
+    LengthRequired,
+    MalformedJson,
+    NotJson,
+    NotReady,
+)
 from clouddetect.metrics import Metrics
 
 log = logging.getLogger("clouddetect.api")
-DISCARD_CHUNK_BYTES = 64 * 1024
 bp = Blueprint("api", __name__)
 
 
@@ -118,6 +125,14 @@ def _start_clock() -> None:
         _service().metrics.in_flight.inc()
 
 
+@bp.before_app_request
+def _answer_refusal() -> None:
+    """A request the server refused before its body arrived (too slow, too many bodies arriving) is answered here."""
+    refusal = request.environ.get(REFUSAL_ENVIRON_KEY)
+    if refusal is not None:
+        raise refusal
+
+
 @bp.teardown_app_request
 def _stop_clock(_exc: BaseException | None) -> None:
     if request.path == ENDPOINT:
@@ -188,24 +203,8 @@ def _error_response(status: int, code: str, message: str, request_id: str | None
     return response
 
 
-def _discard_unread_body(status: int) -> None:
-    """Read what is left of a refused request's body, so its keep-alive connection can carry the next request.
-
-    gunicorn drains at most 64 KiB itself; past that it closes a connection whose answer already said keep-alive,
-    and the client's next request on it fails. A 413 body is too large to read and is left to that close.
-    """
-    if status == 413:
-        return
-    try:
-        while request.stream.read(DISCARD_CHUNK_BYTES):
-            pass
-    except (HTTPException, OSError):
-        pass  # the client went away, or the body is over the limit: the connection closes anyway
-
-
 def _client_error(exc: ClientError) -> Response:
     g.error = exc.code
-    _discard_unread_body(exc.status)
     g.request_id = exc.request_id or g.get("request_id")
     response = _error_response(exc.status, exc.code, exc.message, g.request_id)
     if exc.status == 503:
@@ -215,7 +214,6 @@ def _client_error(exc: ClientError) -> Response:
 
 def _http_error(exc: HTTPException) -> Response:
     code = g.error = (exc.name or "error").lower().replace(" ", "_")
-    _discard_unread_body(exc.code or 500)
     response = _error_response(exc.code or 500, code, exc.description or exc.name or "error")
     for name, value in exc.get_headers():
         if name.lower() != "content-type":
