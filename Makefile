@@ -29,6 +29,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
 	$(BIN)/python benchmarks/memory_under_load.py
+	$(BIN)/python benchmarks/slow_clients.py
 
 # The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
 image:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -264,3 +265,20 @@ def test_several_workers_serve_and_stop_cleanly(tmp_path, images) -> None:
         assert [a.status_code for a in answers] == [200] * len(payloads)
         running.process.send_signal(signal.SIGTERM)
         assert running.process.wait(timeout=60) == 0
+
+
+def test_an_unread_body_gives_its_connection_back(tmp_path, images) -> None:
+    """A body refused unread (here: over max_body_bytes) keeps arriving; the connection must still close after the
+    answer and free its place, however much the client sends."""
+    with live_server(tmp_path, "--max-connections", "1", "--max-body-bytes", "300000",
+                     "--max-receiving-body-bytes", "300000") as running:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", running.port)) as sock:
+                start, _drip = first_bytes("body", 50_000_000)
+                sock.sendall(start)
+                with contextlib.suppress(OSError):  # the server may answer and close before taking it all
+                    sock.sendall(b" " * 2_000_000)
+                sock.settimeout(10)
+                assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+            time.sleep(0.5)
+        assert post(running.url, request_body(images[1])).status_code == 200

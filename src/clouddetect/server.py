@@ -141,22 +141,28 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
     async def handle_http(self, scope: dict[str, Any], receive: Receive, send: ASGISend,
                           sync_spawn: Callable[..., Awaitable[None]], call_soon: Callable[..., Any]) -> None:
         length = _body_length(scope)
-        body, received, refusal = b"", 0, None
+        body, complete, refusal = b"", False, None
         if length is not None and length <= self.settings.max_body_bytes:
             try:
-                body, received, refusal = await self._receive_body(scope, receive, length)
+                body, complete, refusal = await self._receive_body(scope, receive, length)
             except ConnectionError:
                 return  # the client left before its body arrived: nobody to answer
         environ = _build_environ(scope, body)
         if refusal is not None:
             environ[REFUSAL_ENVIRON_KEY] = refusal
-        answer = send if received == length else _closing(send)
-        await sync_spawn(self.run_app, environ, partial(call_soon, answer))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # hypercorn queues what arrives for the app and waits when the queue is full, even to say the answer is
+        # sent: what is left of an unread body is taken off the queue and dropped until the connection closes.
+        rest = None if complete else asyncio.ensure_future(_discard(receive))
+        try:
+            await sync_spawn(self.run_app, environ, partial(call_soon, send if complete else _closing(send)))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if rest is not None:
+                rest.cancel()
 
     async def _receive_body(self, scope: dict[str, Any], receive: Receive,
-                            length: int) -> tuple[bytes, int, ClientError | None]:
-        """The body, the bytes read from the socket, and why the request is refused (None when it is not)."""
+                            length: int) -> tuple[bytes, bool, ClientError | None]:
+        """The body, whether it arrived whole, and why the request is refused (None when it is not)."""
         allowed_s = min(self.settings.body_timeout_s,
                         self.settings.header_timeout_s + length / self.settings.min_body_rate_bytes_per_s)
         chunks: list[bytes] = []
@@ -164,11 +170,12 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         refusal: ClientError | None = None
         try:
             async with asyncio.timeout(allowed_s):
-                while received < length:
+                more = True
+                while more:
                     message = await receive()
                     if message["type"] == "http.disconnect":
                         raise ConnectionError("the client closed the connection")
-                    chunk = message.get("body", b"")
+                    chunk, more = message.get("body", b""), message.get("more_body", False)
                     received += len(chunk)
                     if refusal is None and self.receiving_bytes + len(chunk) > self.settings.max_receiving_body_bytes:
                         refusal = Overloaded(f"{self.receiving_bytes} bytes of request bodies are arriving already; "
@@ -180,15 +187,18 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
                         chunks.append(chunk)
                         held += len(chunk)
                         self.receiving_bytes += len(chunk)
-                    if not message.get("more_body"):
-                        break
         except TimeoutError:
             log.warning("client %s too slow: %d of %d body bytes in %.1f s; answered 408",
                         _client(scope), received, length, allowed_s)
-            return b"", received, RequestTimeout(f"the body did not arrive within {allowed_s:.1f} s; send it faster")
+            return b"", False, RequestTimeout(f"the body did not arrive within {allowed_s:.1f} s; send it faster")
         finally:
             self.receiving_bytes -= held
-        return b"".join(chunks), received, refusal
+        return b"".join(chunks), True, refusal
+
+
+async def _discard(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _closing(send: ASGISend) -> ASGISend:

@@ -8,6 +8,7 @@ stop when the server answers or closes the connection. Thousands fit in one asyn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -80,6 +81,7 @@ async def keep_trickling(kind: str, host: str, port: int, interval_s: float, sto
             cut_offs += 1
         else:
             session.cancel()
-            writer.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session
     return cut_offs
 
