@@ -2,7 +2,7 @@
 
 Both are measured in this one run, on the same images and the same CPU limit:
 - raw: decode + resize + forward + post-processing with the detector alone, in one process;
-- service: ``clouddetect serve`` (gunicorn, Flask, JSON, base64) fed by a concurrent client from outside the limit.
+- service: ``clouddetect serve`` (hypercorn, Flask, JSON, base64) fed by a concurrent client from outside the limit.
 Raw and service alternate, ``--repeats`` times, so drift of a shared machine falls on both; prints images/s of
 each, their ratio per repeat and its median, and the serving worker's peak RSS.
 """

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import requests
@@ -50,34 +49,36 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def _crowd(port: int, count: int, interval_s: float, stop: EventType, cut_offs: Connection) -> None:
-    """The slow clients' process: a process of their own, so they do not take the honest client's GIL."""
+def _crowd(port: int, count: int, interval_s: float, control: Connection) -> None:
+    """The slow clients' process, so they do not take the honest client's GIL; runs until told to stop on
+    ``control``, then sends back how often the clients were cut off."""
     raise_open_files_limit(count * 2 + 256)  # cut-off clients reconnect while their old sockets close
 
     async def crowd() -> int:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=lambda: (stop.wait(), loop.call_soon_threadsafe(stopping.set)), daemon=True).start()
+        threading.Thread(target=lambda: (control.recv(), loop.call_soon_threadsafe(stopping.set)), daemon=True).start()
         kinds = itertools.islice(itertools.cycle(("headers", "body")), count)
-        return sum(await asyncio.gather(
-            *(keep_trickling(kind, "127.0.0.1", port, interval_s, stopping) for kind in kinds)))
+        cut_offs = await asyncio.gather(*(keep_trickling(kind, "127.0.0.1", port, interval_s, stopping)
+                                          for kind in kinds))
+        await stopping.wait()  # with no clients at all, too
+        return sum(cut_offs)
 
-    cut_offs.send(asyncio.run(crowd()))
+    control.send(asyncio.run(crowd()))
 
 
 @contextmanager
 def slow_crowd(port: int, count: int, interval_s: float) -> Iterator[list[int]]:
     """``count`` slow clients, half of each kind, in a process of their own; yields their cut-offs at the end."""
     cut_offs: list[int] = []
-    stop = multiprocessing.Event()
-    receiver, sender = multiprocessing.Pipe(duplex=False)
-    process = multiprocessing.Process(target=_crowd, args=(port, count, interval_s, stop, sender), name="slow-clients")
+    control, their_control = multiprocessing.Pipe()
+    process = multiprocessing.Process(target=_crowd, args=(port, count, interval_s, their_control), name="slow-clients")
     process.start()
     try:
         yield cut_offs
     finally:
-        stop.set()
-        cut_offs.append(receiver.recv())
+        control.send("stop")
+        cut_offs.append(control.recv())
         process.join()
 
 
@@ -122,7 +123,7 @@ def main() -> None:
                 held = wait_until_held(server.pid, level, baseline_files) if level else 0
                 latencies, statuses = honest_latencies(url, files, args.honest_requests)
                 now_mib = rss_mib(server.pid)
-            quantiles = statistics.quantiles(latencies, n=20)
+            quantiles = statistics.quantiles(latencies, n=20, method="inclusive")
             print(f"{level:5d} slow connections (worker holds {held:4d}): honest latency median "
                   f"{statistics.median(latencies) * 1000:6.0f} ms, p95 {quantiles[-1] * 1000:6.0f} ms, "
                   f"max {max(latencies) * 1000:6.0f} ms, answers {statuses}; worker RSS {now_mib:.1f} MiB, "
