@@ -73,11 +73,12 @@ def cpu_limit(cpus: float = 0.5, name: str = "clouddetect-bench") -> Iterator[Cp
 
 
 @contextmanager
-def limited_server(limit: CpuLimit, port: int, ready_timeout_s: float) -> Iterator[subprocess.Popen[bytes]]:
+def limited_server(limit: CpuLimit, port: int, ready_timeout_s: float,
+                   log_level: str = "warning") -> Iterator[subprocess.Popen[bytes]]:
     """``clouddetect serve`` with default settings inside the limit, ready on 127.0.0.1:``port``; SIGTERM after."""
     server = subprocess.Popen(
         [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", log_level],
         preexec_fn=limit.join,  # noqa: PLW1509 - the child must start inside the CPU limit
     )
     try:

@@ -114,7 +114,8 @@ def main() -> None:
     levels = [int(level) for level in args.levels.split(",")]
     files = image_files(args.images)
     url = f"http://127.0.0.1:{args.port}"
-    with cpu_limit(args.cpus) as limit, limited_server(limit, args.port, READY_TIMEOUT_S) as server:
+    # Each slow client cut off is a warning in the log: thousands of lines, so only errors are shown here.
+    with cpu_limit(args.cpus) as limit, limited_server(limit, args.port, READY_TIMEOUT_S, "error") as server:
         print(f"limit: {limit.description}; honest requests per level: {args.honest_requests}, one at a time; "
               f"slow clients send a byte every {args.interval_s} s and reconnect when cut off", flush=True)
         baseline_files = open_files(server.pid)
