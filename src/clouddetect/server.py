@@ -115,6 +115,11 @@ def _client(scope: dict[str, Any]) -> str:
     return f"{host}:{port}"
 
 
+def _peer(writer: asyncio.StreamWriter) -> str:
+    host, port, *_ = writer.get_extra_info("peername") or ("-", 0)
+    return f"{host}:{port}"
+
+
 def _body_length(scope: dict[str, Any]) -> int | None:
     """The body's announced length (0 without one), or None for a chunked body, which is never read."""
     headers = dict(scope["headers"])  # h11 has merged or refused repeated framing headers
@@ -236,7 +241,7 @@ class Connection(TCPServer):  # type: ignore[misc]
             if self._headers_begun():
                 if waited >= self.header_timeout_s:
                     log.warning("client %s too slow: headers not complete within %.1f s; connection closed",
-                                self._peer(), self.header_timeout_s)
+                                _peer(self.writer), self.header_timeout_s)
                     break
             elif waited >= self.config.keep_alive_timeout:
                 break
@@ -251,9 +256,6 @@ class Connection(TCPServer):  # type: ignore[misc]
         trailing = getattr(connection, "trailing_data", (b"", False))
         return bool(trailing[0])
 
-    def _peer(self) -> str:
-        host, port, *_ = self.writer.get_extra_info("peername") or ("-", 0)
-        return f"{host}:{port}"
 
 
 async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
@@ -272,15 +274,18 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(connections) >= settings.max_connections:
-            host, port, *_ = writer.get_extra_info("peername") or ("-", 0)
-            log.warning("client %s:%s refused: %d connections open already", host, port, len(connections))
+            log.warning("client %s refused: %d connections open already", _peer(writer), len(connections))
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
         connections.add(task)
         task.add_done_callback(connections.discard)
-        await Connection(wrapped, loop, config, context, {}, reader, writer, header_timeout_s=settings.header_timeout_s)
+        try:
+            await Connection(wrapped, loop, config, context, {}, reader, writer,
+                             header_timeout_s=settings.header_timeout_s)
+        except asyncio.CancelledError:
+            log.warning("client %s: connection closed unfinished at shutdown", _peer(writer))
 
     servers = [await asyncio.start_server(on_connection, sock=sock, backlog=config.backlog)
                for sock in sockets.insecure_sockets]
