@@ -282,3 +282,23 @@ def test_an_unread_body_gives_its_connection_back(tmp_path, images) -> None:
                 assert sock.recv(4096).startswith(b"HTTP/1.1 413")
             time.sleep(0.5)
         assert post(running.url, request_body(images[1])).status_code == 200
+
+
+def wait_closed(sock: socket.socket, timeout_s: float) -> float:
+    """The moment the server closes ``sock`` without a word."""
+    sock.settimeout(timeout_s)
+    assert sock.recv(1) == b""
+    return time.monotonic()
+
+
+def test_an_idle_connection_and_one_with_half_its_headers_have_their_own_deadlines(tmp_path) -> None:
+    keepalive_s, header_timeout_s = 1.0, 3.0
+    flags = ("--keepalive-s", str(keepalive_s), "--header-timeout-s", str(header_timeout_s))
+    with live_server(tmp_path, *flags) as running:
+        started = time.monotonic()  # the server's clocks for both connections start later
+        with socket.create_connection(("127.0.0.1", running.port)) as idle, \
+                socket.create_connection(("127.0.0.1", running.port)) as half:
+            half.sendall(first_bytes("headers")[0])
+            assert keepalive_s <= wait_closed(idle, header_timeout_s) - started < header_timeout_s
+            assert header_timeout_s <= wait_closed(half, 2 * header_timeout_s) - started
+    assert running.log().count("too slow: headers not complete within 3.0 s") == 1
