@@ -40,7 +40,7 @@ class Settings:
     workers: int = _setting(1, "Worker processes; each loads its own copy of the model.")
     threads: int = _setting(256, "Request threads per worker; a request takes one once it has fully arrived.")
     max_connections: int = _setting(
-        4096, "Open connections per worker; past it new connections are closed at once. Idle ones cost ~10 KiB."
+        4096, "Open connections per worker; past it new connections are closed at once; each costs ~18 KiB."
     )
     listen_backlog: int = _setting(2048, "Connections the kernel queues until the worker accepts them.")
     header_timeout_s: float = _setting(
