@@ -52,6 +52,13 @@ def test_concurrent_answers_are_not_mixed(server, detector, images) -> None:
         assert body["objects"] == expected[path], path.name
 
 
+def test_head_requests_are_answered_without_a_body(server) -> None:
+    for path in ("/healthz", "/", "/web/app.js"):
+        answer = requests.head(server.url + path, timeout=REQUEST_TIMEOUT_S)
+        assert answer.status_code == 200 and answer.content == b"", path
+        assert int(answer.headers["Content-Length"]) > 0
+
+
 def test_chunked_body_is_411_length_required(server) -> None:
     chunks = iter([b'{"id": "chunked", ', b'"image": "YWJj"}'])
     answer = requests.post(server.url + ENDPOINT, data=chunks, headers={"Content-Type": "application/json"},

@@ -24,7 +24,7 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from multiprocessing.connection import wait
@@ -139,7 +139,7 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
     """
 
     def __init__(self, app: Flask, settings: Settings) -> None:
-        super().__init__(app, settings.max_body_bytes)
+        super().__init__(_never_empty(app), settings.max_body_bytes)
         self.settings = settings
         self.receiving_bytes = 0
 
@@ -204,6 +204,26 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
 async def _discard(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def _never_empty(app: Flask) -> Callable[[dict[str, Any], Callable[..., Any]], Iterator[bytes]]:
+    """``app`` answering with at least one chunk: hypercorn sends an answer's headers with its first chunk, so an
+    answer without a body (any HEAD request) would never start, and hypercorn would answer 500 instead."""
+
+    def call(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        body = app(environ, start_response)
+        try:
+            empty = True
+            for chunk in body:
+                empty = False
+                yield chunk
+            if empty:
+                yield b""
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+
+    return call
 
 
 def _closing(send: ASGISend) -> ASGISend:
