@@ -286,7 +286,9 @@ def test_an_unread_body_gives_its_connection_back(tmp_path, images) -> None:
                 with contextlib.suppress(OSError):  # the server may answer and close before taking it all
                     sock.sendall(b" " * 2_000_000)
                 sock.settimeout(10)
-                assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+                # The server closes with the body unread, which may reset the connection before the 413 is read.
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(4096).startswith(b"HTTP/1.1 413")
             time.sleep(0.5)
         assert post(running.url, request_body(images[1])).status_code == 200
 

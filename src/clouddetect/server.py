@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import io
 import logging
 import multiprocessing
 import os
@@ -153,6 +154,8 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
             except ConnectionError:
                 return  # the client left before its body arrived: nobody to answer
         environ = _build_environ(scope, body)
+        environ["wsgi.input"] = ReadOnce(body)
+        del body
         if refusal is not None:
             environ[REFUSAL_ENVIRON_KEY] = refusal
         # hypercorn queues what arrives for the app and waits when the queue is full, even to say the answer is
@@ -199,6 +202,29 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         finally:
             self.receiving_bytes -= held
         return b"".join(chunks), True, refusal
+
+
+class ReadOnce(io.BytesIO):
+    """A request body that lets go of its bytes once read to the end, so a request waiting for inference holds
+    only its prepared image, not also its ~220 KB body."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.length = len(body)
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self._let_go_at_end()
+        return count
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self._let_go_at_end()
+        return data
+
+    def _let_go_at_end(self) -> None:
+        if self.tell() >= self.length:
+            self.truncate(0)
 
 
 async def _discard(receive: Receive) -> None:
