@@ -25,9 +25,8 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -140,12 +139,12 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
     """
 
     def __init__(self, app: Flask, settings: Settings) -> None:
-        super().__init__(_never_empty(app), settings.max_body_bytes)
+        super().__init__(app, settings.max_body_bytes)
         self.settings = settings
         self.receiving_bytes = 0
 
     async def handle_http(self, scope: dict[str, Any], receive: Receive, send: ASGISend,
-                          sync_spawn: Callable[..., Awaitable[None]], call_soon: Callable[..., Any]) -> None:
+                          sync_spawn: Callable[..., Awaitable[Any]], _call_soon: Callable[..., Any]) -> None:
         length = _body_length(scope)
         body, complete, refusal = b"", False, None
         if length is not None and length <= self.settings.max_body_bytes:
@@ -162,11 +161,31 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         # sent: what is left of an unread body is taken off the queue and dropped until the connection closes.
         rest = None if complete else asyncio.ensure_future(_discard(receive))
         try:
-            await sync_spawn(self.run_app, environ, partial(call_soon, send if complete else _closing(send)))
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            status, headers, content = await sync_spawn(self._answer, environ)
+            if not complete:
+                headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content, "more_body": False})
         finally:
             if rest is not None:
                 rest.cancel()
+
+    def _answer(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The app's whole answer, made on a request thread; the loop sends it in one piece afterwards, so the
+        thread never waits on the loop (the answers are small JSON documents and page files)."""
+        started: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], _exc_info: object = None) -> None:
+            started["status"] = int(status.split(" ", 1)[0])
+            started["headers"] = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+        body = self.app(environ, start_response)
+        try:
+            content = b"".join(body)
+        finally:
+            if hasattr(body, "close"):
+                body.close()
+        return started["status"], started["headers"], content
 
     async def _receive_body(self, scope: dict[str, Any], receive: Receive,
                             length: int) -> tuple[bytes, bool, ClientError | None]:
@@ -230,37 +249,6 @@ class ReadOnce(io.BytesIO):
 async def _discard(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-def _never_empty(app: Flask) -> Callable[[dict[str, Any], Callable[..., Any]], Iterator[bytes]]:
-    """``app`` answering with at least one chunk: hypercorn sends an answer's headers with its first chunk, so an
-    answer without a body (any HEAD request) would never start, and hypercorn would answer 500 instead."""
-
-    def call(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
-        body = app(environ, start_response)
-        try:
-            empty = True
-            for chunk in body:
-                empty = False
-                yield chunk
-            if empty:
-                yield b""
-        finally:
-            if hasattr(body, "close"):
-                body.close()
-
-    return call
-
-
-def _closing(send: ASGISend) -> ASGISend:
-    """``send`` with ``Connection: close`` on the answer: the rest of the body is never read."""
-
-    async def send_closing(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
-        await send(message)
-
-    return send_closing
 
 
 class Connection(TCPServer):  # type: ignore[misc]
