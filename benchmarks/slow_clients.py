@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--levels", default="0,1000,4000", help="comma-separated numbers of slow connections")
     parser.add_argument("--honest-requests", type=int, default=20, help="sent one after another per level")
     parser.add_argument("--interval-s", type=float, default=2.0, help="time between a slow client's bytes")
+    parser.add_argument("--settle-s", type=float, default=12.0,
+                        help="wait once the slow clients are held, so their cut-offs and reconnections are measured")
     parser.add_argument("--cpus", type=float, default=0.5)
     parser.add_argument("--port", type=int, default=5094)
     args = parser.parse_args()
@@ -122,6 +124,7 @@ def main() -> None:
         for level in levels:
             with slow_crowd(args.port, level, args.interval_s) as cut_offs:
                 held = wait_until_held(server.pid, level, baseline_files) if level else 0
+                time.sleep(args.settle_s if level else 0)
                 latencies, statuses = honest_latencies(url, files, args.honest_requests)
                 now_mib = rss_mib(server.pid)
             quantiles = statistics.quantiles(latencies, n=20, method="inclusive")
