@@ -266,6 +266,10 @@ def test_connections_past_the_limit_are_closed_at_once(tmp_path, images) -> None
 
 def test_several_workers_serve_and_stop_cleanly(tmp_path, images) -> None:
     with live_server(tmp_path, "--workers", "2") as running:
+        deadline = time.monotonic() + 60
+        while running.log().count("model warmed up; ready") < 2:  # each worker turns ready on its own
+            assert time.monotonic() < deadline, running.log()
+            time.sleep(0.1)
         payloads = [request_body(path) for path in images[:4]]
         with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
             answers = list(pool.map(lambda p: post(running.url, p), payloads))
