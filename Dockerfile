@@ -1,4 +1,4 @@
-# CloudDetect: YOLOv3-tiny object detection on OpenCV's DNN module, served by gunicorn (`clouddetect serve`).
+# CloudDetect: YOLOv3-tiny object detection on OpenCV's DNN module, served by hypercorn (`clouddetect serve`).
 #
 #   make image                       # or: docker build -t clouddetect:latest .
 #   docker run --rm -p 5000:5000 --cpus 0.5 --memory 512m --read-only --tmpfs /tmp clouddetect:latest
@@ -65,11 +65,12 @@ COPY --from=runtime-venv /opt/venv /opt/venv
 COPY --from=build /opt/model /opt/clouddetect/model
 COPY --from=build /opt/package /opt/venv
 # A numeric user with no account: Kubernetes' runAsNonRoot can only verify a numeric UID. Everything the service
-# reads belongs to root and is read-only to it; gunicorn needs only a writable /tmp (a tmpfs or an emptyDir).
+# reads belongs to root and is read-only to it; it writes no files, /tmp is left writable for Python's temporary files.
 USER 10001:10001
 EXPOSE 5000
 # Liveness, as Kubernetes' livenessProbe sees it; the port follows CLOUDDETECT_PORT. No curl in a slim image.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; from clouddetect.config import Settings; urllib.request.urlopen(f'http://127.0.0.1:{Settings.load().port}/healthz', timeout=4)"]
-# gunicorn's arbiter runs as PID 1: it reaps its workers and turns SIGTERM into a graceful shutdown.
+# `clouddetect serve` runs as PID 1: SIGTERM stops accepting and lets the requests taken in finish. With
+# CLOUDDETECT_WORKERS above 1 it forks the workers, passes signals on to them and reaps them.
 ENTRYPOINT ["clouddetect", "serve"]

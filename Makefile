@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
 	$(BIN)/python benchmarks/memory_under_load.py --variants winograd=true,malloc_arenas=16
 	$(BIN)/python benchmarks/engines.py
+	$(BIN)/python benchmarks/slow_clients.py
 
 # The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
 image:

@@ -74,13 +74,14 @@ def cpu_limit(cpus: float = 0.5, name: str = "clouddetect-bench") -> Iterator[Cp
 
 @contextmanager
 def limited_server(
-    limit: CpuLimit, port: int, ready_timeout_s: float, settings_env: dict[str, str] | None = None
+    limit: CpuLimit, port: int, ready_timeout_s: float, settings_env: dict[str, str] | None = None,
+    log_level: str = "warning",
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``clouddetect serve`` inside the limit, ready on 127.0.0.1:``port``; SIGTERM after. Default settings unless
     ``settings_env`` (CLOUDDETECT_* variables) changes some."""
     server = subprocess.Popen(
         [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "warning"],
+         "--log-level", log_level],
         preexec_fn=limit.join,  # noqa: PLW1509 - the child must start inside the CPU limit
         env={**os.environ, **(settings_env or {})},
     )

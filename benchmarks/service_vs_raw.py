@@ -2,9 +2,11 @@
 
 Both are measured in this one run, on the same images and the same CPU limit:
 - raw: decode + resize + forward + post-processing with the detector alone, in one process;
-- service: ``clouddetect serve`` (gunicorn, Flask, JSON, base64) fed by a concurrent client from outside the limit.
+- service: ``clouddetect serve`` (hypercorn, Flask, JSON, base64) fed by a concurrent client from outside the limit.
 Raw and service alternate, ``--repeats`` times, so drift of a shared machine falls on both; prints images/s of
-each, their ratio per repeat and its median, and the serving worker's peak RSS.
+each, their ratio per repeat and its median, and the serving worker's peak RSS. It also prints the CPU seconds
+per image of each (the raw process's, the serving worker's with all its threads), whose ratio a busy machine
+sways much less than it sways throughput.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ READY_TIMEOUT_S = 120.0
 CLIENT_TIMEOUT_S = 60.0
 
 
-def raw_pipeline(folder: Path, rounds: int) -> float:
-    """Images/s of the detector alone, after one warm-up inference."""
+def raw_pipeline(folder: Path, rounds: int) -> tuple[float, float]:
+    """Images/s of the detector alone, after one warm-up inference, and its CPU seconds per image."""
     from clouddetect.codec import decode_image
     from clouddetect.config import Settings
     from clouddetect.detector import Detector
@@ -38,11 +40,12 @@ def raw_pipeline(folder: Path, rounds: int) -> float:
     detector = Detector(locate(settings.model_dir), settings)
     detector.warm_up()
     payloads = [p.read_bytes() for p in image_files(folder)]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(rounds):
         for data in payloads:
             detector.detect(decode_image(data))
-    return rounds * len(payloads) / (time.perf_counter() - started)
+    images = rounds * len(payloads)
+    return images / (time.perf_counter() - started), (time.process_time() - cpu_started) / images
 
 
 def worker_peak_rss_mib(master_pid: int) -> float:
@@ -55,12 +58,19 @@ def worker_peak_rss_mib(master_pid: int) -> float:
     return max(peaks)
 
 
-def service(folder: Path, rounds: int, concurrency: int, port: int, limit: CpuLimit) -> tuple[float, float]:
-    """Images/s of the whole service over HTTP, and the worker's peak RSS in MiB."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service(folder: Path, rounds: int, concurrency: int, port: int,
+            limit: CpuLimit) -> tuple[float, float, float]:
+    """Images/s of the whole service over HTTP, its worker's CPU seconds per image and peak RSS in MiB."""
     url = f"http://127.0.0.1:{port}"
     with limited_server(limit, port, READY_TIMEOUT_S) as server:
         run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)  # warm-up round
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu_s(server.pid)
         images = 0
         for _ in range(rounds):
             summary = run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
@@ -68,7 +78,7 @@ def service(folder: Path, rounds: int, concurrency: int, port: int, limit: CpuLi
                 raise RuntimeError(f"{summary.failed} requests failed")
             images += summary.images
         rate = images / (time.perf_counter() - started)
-        return rate, worker_peak_rss_mib(server.pid)
+        return rate, (cpu_s(server.pid) - cpu_started) / images, worker_peak_rss_mib(server.pid)
 
 
 def main() -> None:
@@ -82,28 +92,35 @@ def main() -> None:
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)  # the raw child process
     args = parser.parse_args()
     if args.raw:
-        print(json.dumps({"images_per_s": raw_pipeline(args.images, args.rounds)}))
+        rate, cpu_per_image_s = raw_pipeline(args.images, args.rounds)
+        print(json.dumps({"images_per_s": rate, "cpu_per_image_s": cpu_per_image_s}))
         return
     with cpu_limit(args.cpus) as limit:
         print(f"machine: {os.cpu_count()} cores; limit: {limit.description}; images: {args.images}; "
               f"rounds: {args.rounds}; client concurrency: {args.concurrency}")
-        ratios = []
+        ratios, cpu_ratios = [], []
         for repeat in range(1, args.repeats + 1):
-            raw_rate = raw_in_child(args.images, args.rounds, limit)
-            service_rate, rss_mib = service(args.images, args.rounds, args.concurrency, args.port, limit)
+            raw_rate, raw_cpu_s = raw_in_child(args.images, args.rounds, limit)
+            service_rate, service_cpu_s, rss_mib = service(args.images, args.rounds, args.concurrency, args.port,
+                                                           limit)
             ratios.append(service_rate / raw_rate)
+            cpu_ratios.append(raw_cpu_s / service_cpu_s)
             print(f"repeat {repeat}: raw {raw_rate:5.2f} images/s, service {service_rate:5.2f} images/s, "
-                  f"ratio {ratios[-1]:.3f}, worker peak RSS {rss_mib:.1f} MiB", flush=True)
-    print(f"median ratio service/raw over {args.repeats} repeats: {statistics.median(ratios):.3f} (target >= 0.95)")
+                  f"ratio {ratios[-1]:.3f}; CPU per image raw {raw_cpu_s * 1000:.1f} ms, service "
+                  f"{service_cpu_s * 1000:.1f} ms, ratio {cpu_ratios[-1]:.3f}; worker peak RSS {rss_mib:.1f} MiB",
+                  flush=True)
+    print(f"median ratio service/raw over {args.repeats} repeats: {statistics.median(ratios):.3f} (target >= 0.95); "
+          f"of CPU per image (raw/service, not swayed by the machine's load): {statistics.median(cpu_ratios):.3f}")
 
 
-def raw_in_child(folder: Path, rounds: int, limit: CpuLimit) -> float:
+def raw_in_child(folder: Path, rounds: int, limit: CpuLimit) -> tuple[float, float]:
     """The raw pipeline in a process of its own inside the limit, as the service's worker is."""
     out = subprocess.run(
         [sys.executable, __file__, "--raw", "--images", str(folder), "--rounds", str(rounds)],
         preexec_fn=limit.join, check=True, capture_output=True, text=True,  # noqa: PLW1509
     ).stdout
-    return float(json.loads(out)["images_per_s"])
+    measured = json.loads(out)
+    return float(measured["images_per_s"]), float(measured["cpu_per_image_s"])
 
 if __name__ == "__main__":
     main()

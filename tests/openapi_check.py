@@ -2,7 +2,7 @@
 
 The Flask test client and ``requests`` (what the live-server tests use) are wrapped for the whole session, so a
 status, header or body the document does not describe fails the test that received it. Of ``requests``' answers
-only gunicorn's are the service's (``clouddetect serve`` in a process, a container or a pod): other servers the
+only hypercorn's are the service's (``clouddetect serve`` in a process, a container or a pod): other servers the
 tests talk to, such as Locust's web UI, are left alone.
 """
 
@@ -28,7 +28,7 @@ from clouddetect.openapi import document
 UNCHECKED_METHODS = frozenset({"HEAD", "OPTIONS"})
 # What the service answers for a path or method the document does not have: its JSON 404 and 405.
 UNDOCUMENTED = {404: "not_found", 405: "method_not_allowed"}
-SERVICE_SERVER = "gunicorn"
+SERVICE_SERVER = "hypercorn"
 
 
 def spec() -> OpenAPI:

@@ -35,6 +35,10 @@ class LiveServer:
     process: subprocess.Popen[str]
     log_path: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log(self) -> str:
         return self.log_path.read_text()
 

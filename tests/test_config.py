@@ -27,7 +27,9 @@ def test_flags_override_environment() -> None:
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [({"CLOUDDETECT_PORT": "http"}, "CLOUDDETECT_PORT"), ({"CLOUDDETECT_PORT": "80"}, "above 1024"),
-     ({"CLOUDDETECT_WINOGRAD": "maybe"}, "true or false"), ({"CLOUDDETECT_THREADS": "0"}, "threads")],
+     ({"CLOUDDETECT_WINOGRAD": "maybe"}, "true or false"), ({"CLOUDDETECT_THREADS": "0"}, "threads"),
+     ({"CLOUDDETECT_HEADER_TIMEOUT_S": "0"}, "header_timeout_s"),
+     ({"CLOUDDETECT_MAX_RECEIVING_BODY_BYTES": "1000"}, "max_receiving_body_bytes must be at least max_body_bytes")],
 )
 def test_bad_values_are_refused_with_their_name(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):

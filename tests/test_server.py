@@ -1,16 +1,22 @@
-"""A real gunicorn server on loopback: concurrency, overload, logs and graceful shutdown."""
+"""A real server on loopback: concurrency, overload, logs, graceful shutdown and slow clients."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -19,7 +25,8 @@ import requests
 from clouddetect.answers import ENDPOINT
 from clouddetect.codec import decode_image
 from clouddetect.contract import response_body
-from clouddetect.server import gunicorn_options
+from clouddetect.server import hypercorn_config, raise_open_files_limit
+from clouddetect.slow_clients import SlowOutcome, first_bytes, trickle
 from support import free_port, live_server, request_body
 
 pytestmark = pytest.mark.slow
@@ -32,9 +39,11 @@ def post(url: str, payload: dict[str, str]) -> requests.Response:
     return requests.post(url + ENDPOINT, json=payload, timeout=REQUEST_TIMEOUT_S)
 
 
-def test_gunicorn_runs_one_thread_per_request(settings) -> None:
-    options = gunicorn_options(settings)
-    assert options["worker_class"] == "gthread" and options["threads"] == settings.threads
+def test_server_follows_the_settings(settings) -> None:
+    config = hypercorn_config(settings)
+    assert config.bind == [f"{settings.host}:{settings.port}"]
+    assert (config.keep_alive_timeout, config.graceful_timeout) == (settings.keepalive_s, settings.graceful_timeout_s)
+    assert (config.backlog, config.h11_max_incomplete_size) == (settings.listen_backlog, settings.max_header_bytes)
 
 
 def test_concurrent_answers_are_not_mixed(server, detector, images) -> None:
@@ -47,6 +56,13 @@ def test_concurrent_answers_are_not_mixed(server, detector, images) -> None:
         body = answer.json()
         assert body["id"] == payload["id"]
         assert body["objects"] == expected[path], path.name
+
+
+def test_head_requests_are_answered_without_a_body(server) -> None:
+    for path in ("/healthz", "/", "/web/app.js"):
+        answer = requests.head(server.url + path, timeout=REQUEST_TIMEOUT_S)
+        assert answer.status_code == 200 and answer.content == b"", path
+        assert int(answer.headers["Content-Length"]) > 0
 
 
 def test_chunked_body_is_411_length_required(server) -> None:
@@ -195,3 +211,165 @@ def test_a_precision_the_cpu_lacks_is_refused_at_start(tmp_path, converted_model
     )
     assert result.returncode != 0
     assert "precision bf16 is refused: this CPU does not run BF16 natively" in result.stderr
+
+
+SLOW_CLIENTS_PER_KIND = 1000
+SLOW_HEADER_TIMEOUT_S = 4.0
+SLOW_BODY_TIMEOUT_S = 6.0
+DRIP_INTERVAL_S = 1.0
+HONEST_REQUESTS = 8
+HONEST_TIMEOUT_S = 10.0  # "within a few seconds": an honest answer slower than this fails the test
+# Cut-offs come from one event loop serving 2,000 connections on a shared machine: allow this much lateness.
+CUT_OFF_SLACK_S = 10.0
+RSS_GROWTH_LIMIT_MIB = 128
+T = TypeVar("T")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+async def attack(port: int, per_kind: int, honest: Callable[[], T]) -> tuple[list[SlowOutcome], T]:
+    """``per_kind`` header tricklers and as many body tricklers, all connected first, then ``honest`` in a thread."""
+
+    async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
+        connecting = time.monotonic()  # the server's clock for this connection cannot start earlier
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return reader, writer, connecting
+
+    kinds = ["headers", "body"] * per_kind
+    connections = await asyncio.gather(*(opened() for _ in kinds))
+    slow = [trickle(kind, reader, writer, DRIP_INTERVAL_S, at) for kind, (reader, writer, at) in
+            zip(kinds, connections, strict=True)]
+    *outcomes, honest_result = await asyncio.gather(*slow, asyncio.to_thread(honest))
+    return outcomes, honest_result
+
+
+def test_slow_clients_are_cut_off_while_honest_requests_are_answered(tmp_path, images) -> None:
+    """1,000 connections trickling bodies and 1,000 holding half-sent headers hold no thread and no admission slot.
+
+    Honest requests keep their normal answers meanwhile; every slow client is cut off at its deadline, answered
+    408 when its headers had arrived, and logged once; the worker's memory stays bounded.
+    """
+    raise_open_files_limit(2 * SLOW_CLIENTS_PER_KIND + 256)
+    flags = ("--header-timeout-s", str(SLOW_HEADER_TIMEOUT_S), "--body-timeout-s", str(SLOW_BODY_TIMEOUT_S))
+    with live_server(tmp_path, *flags) as running:
+        payload = request_body(images[1], "honest")
+        expected = post(running.url, payload).json()
+        idle_mib = rss_mib(running.process.pid)
+
+        def honest() -> tuple[list[requests.Response], list[float], float]:
+            time.sleep(DRIP_INTERVAL_S)  # every slow client has started
+            answers, latencies, peak = [], [], 0.0
+            with requests.Session() as session:
+                for _ in range(HONEST_REQUESTS):
+                    started = time.monotonic()
+                    answers.append(session.post(running.url + ENDPOINT, json=payload, timeout=HONEST_TIMEOUT_S))
+                    latencies.append(time.monotonic() - started)
+                    peak = max(peak, rss_mib(running.process.pid))
+            return answers, latencies, peak
+
+        outcomes, (answers, latencies, peak_mib) = asyncio.run(
+            asyncio.wait_for(attack(running.port, SLOW_CLIENTS_PER_KIND, honest),
+                             SLOW_BODY_TIMEOUT_S + CUT_OFF_SLACK_S + HONEST_REQUESTS * HONEST_TIMEOUT_S))
+        assert [a.status_code for a in answers] == [200] * HONEST_REQUESTS, latencies
+        assert all(a.json() == expected for a in answers)
+        assert post(running.url, payload).json() == expected
+    headers = [o for o in outcomes if o.kind == "headers"]
+    bodies = [o for o in outcomes if o.kind == "body"]
+    assert {o.answer for o in headers} == {b""}, "half-sent headers are closed without an answer"
+    assert {o.status for o in bodies} == {408}
+    for group, deadline_s in ((headers, SLOW_HEADER_TIMEOUT_S), (bodies, SLOW_BODY_TIMEOUT_S)):
+        held = sorted(o.held_s for o in group)
+        assert deadline_s - 0.1 <= held[0] and held[-1] <= deadline_s + CUT_OFF_SLACK_S, (held[0], held[-1])
+    log = running.log()
+    assert log.count("too slow: headers not complete") == SLOW_CLIENTS_PER_KIND
+    assert log.count("body bytes in") == SLOW_CLIENTS_PER_KIND
+    assert peak_mib - idle_mib < RSS_GROWTH_LIMIT_MIB, (idle_mib, peak_mib)
+
+
+def test_bodies_arriving_past_their_byte_bound_are_503(tmp_path, images) -> None:
+    """Bodies still arriving hold at most max_receiving_body_bytes; past it a body is read, not kept, and refused."""
+    limit = 400_000
+    flags = ("--max-body-bytes", str(limit), "--max-receiving-body-bytes", str(limit), "--retry-after-s", "2")
+    with live_server(tmp_path, *flags) as running, socket.create_connection(("127.0.0.1", running.port)) as hog:
+        start, _drip = first_bytes("body", limit)
+        hog.sendall(start + b" " * (limit - 1))  # all but one byte: held until its deadline
+        time.sleep(1.0)
+        with requests.Session() as session:
+            refused = post_with(session, running.url, request_body(images[1]))
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+            assert refused.json()["error"]["code"] == "overloaded" and "Connection" not in refused.headers
+            hog.close()
+            time.sleep(1.0)
+            assert post_with(session, running.url, request_body(images[1])).status_code == 200
+
+
+def test_connections_past_the_limit_are_closed_at_once(tmp_path, images) -> None:
+    with live_server(tmp_path, "--max-connections", "4", "--keepalive-s", "2") as running:
+        held = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(4)]
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", running.port)) as extra:
+            extra.settimeout(5)
+            assert extra.recv(1) == b""
+        for sock in held:
+            sock.close()
+        time.sleep(0.5)
+        assert post(running.url, request_body(images[1])).status_code == 200
+    assert "refused: 4 connections open already" in running.log()
+
+
+def test_several_workers_serve_and_stop_cleanly(tmp_path, images) -> None:
+    with live_server(tmp_path, "--workers", "2") as running:
+        deadline = time.monotonic() + 60
+        while running.log().count("model warmed up; ready") < 2:  # each worker turns ready on its own
+            assert time.monotonic() < deadline, running.log()
+            time.sleep(0.1)
+        payloads = [request_body(path) for path in images[:4]]
+        with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+            answers = list(pool.map(lambda p: post(running.url, p), payloads))
+        assert [a.status_code for a in answers] == [200] * len(payloads)
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(timeout=60) == 0
+
+
+def test_an_unread_body_gives_its_connection_back(tmp_path, images) -> None:
+    """A body refused unread (here: over max_body_bytes) keeps arriving; the connection must still close after the
+    answer and free its place, however much the client sends."""
+    with live_server(tmp_path, "--max-connections", "1", "--max-body-bytes", "300000",
+                     "--max-receiving-body-bytes", "300000") as running:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", running.port)) as sock:
+                start, _drip = first_bytes("body", 50_000_000)
+                sock.sendall(start)
+                with contextlib.suppress(OSError):  # the server may answer and close before taking it all
+                    sock.sendall(b" " * 2_000_000)
+                sock.settimeout(10)
+                # The server closes with the body unread, which may reset the connection before the 413 is read.
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+            time.sleep(0.5)
+        assert post(running.url, request_body(images[1])).status_code == 200
+
+
+def wait_closed(sock: socket.socket, timeout_s: float) -> float:
+    """The moment the server closes ``sock`` without a word."""
+    sock.settimeout(timeout_s)
+    assert sock.recv(1) == b""
+    return time.monotonic()
+
+
+def test_an_idle_connection_and_one_with_half_its_headers_have_their_own_deadlines(tmp_path) -> None:
+    keepalive_s, header_timeout_s = 1.0, 3.0
+    flags = ("--keepalive-s", str(keepalive_s), "--header-timeout-s", str(header_timeout_s))
+    with live_server(tmp_path, *flags) as running:
+        started = time.monotonic()  # the server's clocks for both connections start later
+        with socket.create_connection(("127.0.0.1", running.port)) as idle, \
+                socket.create_connection(("127.0.0.1", running.port)) as half:
+            half.sendall(first_bytes("headers")[0])
+            assert keepalive_s <= wait_closed(idle, header_timeout_s) - started < header_timeout_s
+            assert header_timeout_s <= wait_closed(half, 2 * header_timeout_s) - started
+    assert running.log().count("too slow: headers not complete within 3.0 s") == 1

@@ -23,12 +23,19 @@ from clouddetect.codec import decode_image
 from clouddetect.config import Settings
 from clouddetect.contract import image_bytes_of, request_id_of, request_object, response_body
 from clouddetect.detector import Detection, Detector, PreparedImage
-from clouddetect.errors import BodyTooLarge, ClientError, LengthRequired, MalformedJson, NotJson, NotReady
+from clouddetect.errors import (
+    REFUSAL_ENVIRON_KEY,
+    BodyTooLarge,
+    ClientError,
+    LengthRequired,
+    MalformedJson,
+    NotJson,
+    NotReady,
+)
 from clouddetect.metrics import Metrics
 from clouddetect.openapi import document
 
 log = logging.getLogger("clouddetect.api")
-DISCARD_CHUNK_BYTES = 64 * 1024
 # Of the files swagger-ui-bundle ships, the two /docs needs.
 SWAGGER_UI_FILES = frozenset({"swagger-ui-bundle.js", "swagger-ui.css"})
 bp = Blueprint("api", __name__)
@@ -124,6 +131,14 @@ def _start_clock() -> None:
     g.started = time.perf_counter()
     if request.path == ENDPOINT:
         _pipeline().metrics.in_flight.inc()
+
+
+@bp.before_app_request
+def _answer_refusal() -> None:
+    """A request the server refused before its body arrived (too slow, too many bodies arriving) is answered here."""
+    refusal = request.environ.get(REFUSAL_ENVIRON_KEY)
+    if refusal is not None:
+        raise refusal
 
 
 @bp.teardown_app_request
@@ -223,24 +238,8 @@ def _error_response(status: int, code: str, message: str, request_id: str | None
     return response
 
 
-def _discard_unread_body(status: int) -> None:
-    """Read what is left of a refused request's body, so its keep-alive connection can carry the next request.
-
-    gunicorn drains at most 64 KiB itself; past that it closes a connection whose answer already said keep-alive,
-    and the client's next request on it fails. A 413 body is too large to read and is left to that close.
-    """
-    if status == 413:
-        return
-    try:
-        while request.stream.read(DISCARD_CHUNK_BYTES):
-            pass
-    except (HTTPException, OSError):
-        pass  # the client went away, or the body is over the limit: the connection closes anyway
-
-
 def _client_error(exc: ClientError) -> Response:
     g.error = exc.code
-    _discard_unread_body(exc.status)
     response = _error_response(exc.status, exc.code, exc.message, g.get("request_id"))
     if exc.status == 503:
         response.headers["Retry-After"] = str(_pipeline().settings.retry_after_s)
@@ -249,7 +248,6 @@ def _client_error(exc: ClientError) -> Response:
 
 def _http_error(exc: HTTPException) -> Response:
     code = g.error = (exc.name or "error").lower().replace(" ", "_")
-    _discard_unread_body(exc.code or 500)
     response = _error_response(exc.code or 500, code, exc.description or exc.name or "error")
     for name, value in exc.get_headers():
         if name.lower() != "content-type":

@@ -60,8 +60,8 @@ def main() -> None:
 @main.command()
 @settings_options()
 def serve(**overrides: Any) -> None:
-    """Serve the API with gunicorn (gthread: one thread per request)."""
-    from clouddetect.server import serve as run_server  # gunicorn is only needed here
+    """Serve the API: requests read by hypercorn's event loop, each then served on a thread of its own."""
+    from clouddetect.server import serve as run_server  # the server's modules are only needed here
 
     settings = load_settings(overrides)
     try:

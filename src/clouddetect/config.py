@@ -40,8 +40,22 @@ class Settings:
     host: str = _setting("0.0.0.0", "Address to listen on.")
     port: int = _setting(5000, "TCP port to listen on (above 1024).")
     workers: int = _setting(1, "Worker processes; each loads its own copy of the model.")
-    threads: int = _setting(256, "Request threads per worker; one request is served on one thread.")
-    max_connections: int = _setting(1000, "Open connections per worker; more wait in the listen backlog.")
+    threads: int = _setting(256, "Request threads per worker; a request takes one once it has fully arrived.")
+    max_connections: int = _setting(
+        4096, "Open connections per worker; past it new connections are closed at once; each costs ~18 KiB."
+    )
+    listen_backlog: int = _setting(2048, "Connections the kernel queues until the worker accepts them.")
+    header_timeout_s: float = _setting(
+        10.0, "Time to send a request's complete headers, from the connection's opening or previous answer."
+    )
+    body_timeout_s: float = _setting(60.0, "Most time to send a request's body, however large (408 after).")
+    min_body_rate_bytes_per_s: int = _setting(
+        16 * 1024, "Slowest upload accepted: a body gets header_timeout_s plus its size at this rate (408 after)."
+    )
+    max_header_bytes: int = _setting(16 * 1024, "Largest request line and headers accepted (431 above).")
+    max_receiving_body_bytes: int = _setting(
+        64 * 1024 * 1024, "Bytes of bodies still arriving per worker; past it the answer is 503 with Retry-After."
+    )
     inference_threads: int = _setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
     winograd: bool = _setting(False, "OpenCV's Winograd convolutions: a worker's peak memory nearly doubles.")
     # The inference engine (see clouddetect.engines); openvino needs clouddetect[openvino] and `model convert`.
@@ -70,8 +84,7 @@ class Settings:
         25_000_000, "Largest image decoded, width x height (413 above): a small file can hold a huge image."
     )
     graceful_timeout_s: int = _setting(30, "Time in-flight requests get to finish after SIGTERM.")
-    worker_timeout_s: int = _setting(120, "A worker silent this long is restarted.")
-    keepalive_s: int = _setting(5, "How long an idle keep-alive connection is held open.")
+    keepalive_s: float = _setting(5.0, "How long a connection that sends nothing is held open (idle keep-alive).")
     model_dir: Path = _setting(_default_model_dir(), "Folder holding yolov3-tiny.cfg, .weights and coco.names.")
     download_timeout_s: int = _setting(300, "Time allowed to download the model files.")
     instance_name: str = _setting(_default_instance_name(), "Name logged with each request (pod or host).")
@@ -83,13 +96,18 @@ class Settings:
         return dataclasses.replace(cls(), **settings_values(cls, ENV_PREFIX, environ, overrides))
 
     def __post_init__(self) -> None:
-        for name in ("workers", "threads", "max_connections", "inference_threads", "input_size_px",
-                     "max_waiting_requests", "max_waiting_body_bytes", "malloc_arenas", "decode_slots",
-                     "max_body_bytes", "max_image_pixels"):
+        for name in ("workers", "threads", "max_connections", "listen_backlog", "inference_threads",
+                     "input_size_px", "max_waiting_requests", "max_waiting_body_bytes", "malloc_arenas",
+                     "decode_slots", "max_body_bytes", "max_image_pixels", "min_body_rate_bytes_per_s",
+                     "max_header_bytes", "max_receiving_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        if self.max_waiting_body_bytes < self.max_body_bytes:
-            raise ValueError("max_waiting_body_bytes must be at least max_body_bytes")
+        for name in ("header_timeout_s", "body_timeout_s", "keepalive_s", "graceful_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0")
+        for name in ("max_waiting_body_bytes", "max_receiving_body_bytes"):
+            if getattr(self, name) < self.max_body_bytes:
+                raise ValueError(f"{name} must be at least max_body_bytes")
         if not 1024 < self.port < 65536:
             raise ValueError("port must be above 1024 and below 65536")
         for name in ("confidence_threshold", "nms_threshold"):

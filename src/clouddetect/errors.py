@@ -5,6 +5,10 @@ The API maps every ``ClientError`` to a JSON body in one handler; nothing else d
 
 from __future__ import annotations
 
+# The server refuses some requests before their body has arrived and puts its ClientError into the WSGI environ
+# under this key; the app answers it like any other, so it is shaped, logged and counted in one place.
+REFUSAL_ENVIRON_KEY = "clouddetect.refusal"
+
 
 class ClientError(Exception):
     """A request the service cannot serve; ``message`` says what was wrong and what is accepted."""
@@ -58,6 +62,13 @@ class Overloaded(ClientError):
 
     status = 503
     code = "overloaded"
+
+
+class RequestTimeout(ClientError):
+    """The request arrived too slowly; the server stopped waiting for the rest of it."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class NotReady(ClientError):
