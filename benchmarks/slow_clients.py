@@ -26,8 +26,8 @@ import requests
 from cpu_limit import cpu_limit, limited_server
 from service_vs_raw import worker_peak_rss_mib
 
+from clouddetect.answers import ENDPOINT
 from clouddetect.client import detect_one
-from clouddetect.contract import ENDPOINT
 from clouddetect.images import default_folder, image_files
 from clouddetect.server import raise_open_files_limit
 from clouddetect.slow_clients import keep_trickling
