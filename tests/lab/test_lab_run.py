@@ -147,7 +147,7 @@ def test_a_tiny_timeout_breaks_on_timeouts_and_confirms_fewer_users(tmp_path: Pa
     assert experiment["timeout_s"] == timeout_s
     assert experiment["environment"]["code"]["package"]
     assert experiment["environment"]["client_network"]["interface"] == "lo"
-    assert experiment["environment"]["service"]["engine"] is None  # the service does not name it (yet)
+    assert experiment["environment"]["service"]["engine"] == "opencv"  # what /readyz names
 
 
 def test_with_locust_worker_processes_every_request_is_still_judged(tmp_path: Path, images: list[Path]) -> None:

@@ -108,7 +108,7 @@ def test_measured_round_trip_and_bandwidth_follow_the_settings(rtt_ms: float, ba
     assert 2 * rtt_ms * 0.95 <= figures.first_answer_ms <= 2 * (rtt_ms * 1.25 + 5)
     # tbf counts the Ethernet, IP and TCP headers too: the payload gets ~95% of the rate.
     for mbit in (figures.upload_mbit, figures.download_mbit):
-        assert bandwidth_mbit * 0.85 <= mbit <= bandwidth_mbit * 1.02
+        assert bandwidth_mbit * 0.85 <= mbit <= bandwidth_mbit * 1.1  # tbf's burst lets a short transfer run ahead
     assert_nothing_left(settings)
 
 
@@ -131,7 +131,9 @@ def test_lab_run_from_the_namespace_reaches_a_loopback_server_and_records_the_li
     assert conditions["client_link"]["rtt_ms"] == 300 and conditions["client_link"]["bandwidth_mbit"] == 50
     [run] = json.loads((out / "runs.json").read_text())
     assert run["client_location"] == "remote" and run["endpoint"] == url
-    assert run["pod_names"] == [POD_NAME] and run["max_users"] == 2
+    # Two requests wait at the server at most; users whose request is on the 300 ms link do not count, so two or more.
+    assert run["pod_names"] == [POD_NAME] and run["max_users"] >= 2
+    assert run["requests_sent"] == run["requests_judged"] > 0
     # No answer can come sooner than the link's round trip (without the link the fastest is one inference).
     stats = (out / "raw" / "remote-pods-1-repeat-1" / "search_stats.csv").read_text().splitlines()
     header, aggregated = stats[0].split(","), stats[-1].split(",")
