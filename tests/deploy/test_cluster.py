@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ import yaml
 
 from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.lab.results import Experiment
-from support import request_body
+from support import apt_install, request_body
 
 pytestmark = pytest.mark.cluster
 
@@ -74,6 +75,10 @@ FAULT_AFTER_S = 5.0
 FAULT_TIMEOUT_S = 600.0
 LOST_WORKER = "worker-2"
 FAULT_RESULTS_DIR = os.environ.get("CLOUDDETECT_FAULT_RESULTS_DIR")
+# Where the master + remote report of the lab test is kept when set (its PDF is the one shown in docs/).
+REPORT_DIR = os.environ.get("CLOUDDETECT_CLUSTER_REPORT_DIR")
+REMOTE_LINK_NAME = "cdtest-remote"
+REPORT_PACKAGES = ["chromium", "fonts-liberation"]
 
 T = TypeVar("T")
 
@@ -336,10 +341,37 @@ def test_lab_scales_the_deployment_and_reports_each_pod_count(deployed: Deployed
     assert experiment.environment["service"]["pod_memory"] == "512Mi"
     replicas = deployed.kubectl("get", f"deployment/{deployed.deployment}", "--output", "jsonpath={.spec.replicas}")
     assert int(replicas) == LAB_PODS[-1]
-    run_logged([*clouddetect, "report", str(out)], tmp_path / "lab-report.log", LAB_TIMEOUT_S)
-    report_rows = (out / "report" / "report.md").read_text().splitlines()
+    remote = run_remote_set(deployed, tmp_path)
+    report_dir = Path(REPORT_DIR) if REPORT_DIR else tmp_path / "report"
+    if not all(shutil.which(tool) for tool in ("chromium", "fc-list")):
+        apt_install(REPORT_PACKAGES)
+    run_logged([*clouddetect, "report", str(out), str(remote), "--out", str(report_dir), "--title",
+                "CloudDetect on the three-node test cluster"], tmp_path / "lab-report.log", LAB_TIMEOUT_S)
+    report_rows = (report_dir / "report.md").read_text().splitlines()
     for pods in LAB_PODS:
-        assert any(row.startswith(f"| {pods} | ") for row in report_rows), f"no capacity row for {pods} pods"
+        row = next((r for r in report_rows if r.startswith(f"| {pods} | ")), None)
+        assert row is not None, f"no capacity row for {pods} pods"
+        assert "-" not in row.replace("|", " ").split(), f"master or remote missing for {pods} pods: {row}"
+    assert (report_dir / "report.pdf").read_bytes().startswith(b"%PDF")
+
+
+def run_remote_set(deployed: Deployed, tmp_path: Path) -> Path:
+    """The same small set from a simulated remote machine: its own namespace, a WAN-like link to the nodes."""
+    out = tmp_path / "lab-remote"
+    run_logged([sys.executable, "-m", "clouddetect", "lab", "link", "run", "--name", REMOTE_LINK_NAME, "--",
+                sys.executable, "-m", "clouddetect", "lab", "run", "--client-location", "remote", "--out", str(out),
+                "--pods", ",".join(map(str, LAB_PODS)), "--repeats", "1", "--max-users", str(LAB_MAX_USERS),
+                "--hold-s", str(LAB_HOLD_S), "--max-extension-s", str(LAB_HOLD_S), "--slo-hold-s", str(LAB_HOLD_S),
+                "--progress-interval-s", "1", "--kubeconfig", str(deployed.cluster.kubeconfig),
+                "--namespace", deployed.namespace, "--deployment", deployed.deployment,
+                "--service-url", deployed.url],
+               tmp_path / "lab-remote.log", LAB_TIMEOUT_S)
+    experiment = Experiment.load(out)
+    assert experiment.conditions["client_link"]["simulated"]
+    assert sorted(run.pods for run in experiment.runs) == LAB_PODS
+    for run in experiment.runs:
+        assert run.client_location == "remote" and run.requests_sent == run.requests_judged > 0
+    return out
 
 
 def run_fault(deployed: Deployed, fault: str, out: Path, *extra: str) -> dict:
