@@ -221,6 +221,7 @@ HONEST_REQUESTS = 8
 HONEST_TIMEOUT_S = 10.0  # "within a few seconds": an honest answer slower than this fails the test
 # Cut-offs come from one event loop serving 2,000 connections on a shared machine: allow this much lateness.
 CUT_OFF_SLACK_S = 10.0
+PIPELINED_ANSWERS = 16
 RSS_GROWTH_LIMIT_MIB = 128
 T = TypeVar("T")
 
@@ -373,3 +374,35 @@ def test_an_idle_connection_and_one_with_half_its_headers_have_their_own_deadlin
             assert keepalive_s <= wait_closed(idle, header_timeout_s) - started < header_timeout_s
             assert header_timeout_s <= wait_closed(half, 2 * header_timeout_s) - started
     assert running.log().count("too slow: headers not complete within 3.0 s") == 1
+
+
+def test_a_client_that_stops_reading_answers_is_cut_off_at_the_send_deadline(tmp_path) -> None:
+    send_timeout_s = 2.0
+    asset = b"GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: test\r\n\r\n"  # ~1 MB each
+    with live_server(tmp_path, "--send-timeout-s", str(send_timeout_s)) as running:
+        with socket.socket() as reader:
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small window: the server must wait
+            reader.connect(("127.0.0.1", running.port))
+            reader.sendall(asset * PIPELINED_ANSWERS)  # far more than the kernel's buffers hold, never read
+            started = time.monotonic()
+            deadline = started + send_timeout_s + CUT_OFF_SLACK_S
+            while "the answer was not taken within 2.0 s" not in running.log():
+                assert time.monotonic() < deadline, "a client that never reads still holds its connection"
+                time.sleep(0.2)
+        assert requests.get(running.url + "/healthz", timeout=REQUEST_TIMEOUT_S).status_code == 200
+
+
+def test_a_keep_alive_connection_closes_after_its_last_request(tmp_path) -> None:
+    with live_server(tmp_path, "--max-requests-per-connection", "2") as running:
+        address = urlsplit(running.url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            connection.request("GET", "/healthz")
+            first = connection.getresponse()
+            first.read()
+            connection.request("GET", "/healthz")
+            last = connection.getresponse()
+            last.read()
+        finally:
+            connection.close()
+    assert first.getheader("Connection") != "close" and last.getheader("Connection") == "close"

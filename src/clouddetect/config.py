@@ -52,6 +52,12 @@ class Settings:
     min_body_rate_bytes_per_s: int = _setting(
         16 * 1024, "Slowest upload accepted: a body gets header_timeout_s plus its size at this rate (408 after)."
     )
+    send_timeout_s: float = _setting(
+        30.0, "Most time a client may take to receive an answer's bytes; a client that stops reading is cut off."
+    )
+    max_requests_per_connection: int = _setting(
+        1000, "Requests one keep-alive connection carries; the answer to the last says Connection: close."
+    )
     max_header_bytes: int = _setting(16 * 1024, "Largest request line and headers accepted (431 above).")
     max_receiving_body_bytes: int = _setting(
         64 * 1024 * 1024, "Bytes of bodies still arriving per worker; past it the answer is 503 with Retry-After."
@@ -96,13 +102,14 @@ class Settings:
         return dataclasses.replace(cls(), **settings_values(cls, ENV_PREFIX, environ, overrides))
 
     def __post_init__(self) -> None:
-        for name in ("workers", "threads", "max_connections", "listen_backlog", "inference_threads",
+        for name in ("workers", "threads", "max_connections", "listen_backlog", "max_requests_per_connection",
+                     "inference_threads",
                      "input_size_px", "max_waiting_requests", "max_waiting_body_bytes", "malloc_arenas",
                      "decode_slots", "max_body_bytes", "max_image_pixels", "min_body_rate_bytes_per_s",
                      "max_header_bytes", "max_receiving_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("header_timeout_s", "body_timeout_s", "keepalive_s", "graceful_timeout_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "send_timeout_s", "keepalive_s", "graceful_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be above 0")
         for name in ("max_waiting_body_bytes", "max_receiving_body_bytes"):

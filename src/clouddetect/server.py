@@ -6,6 +6,7 @@ is a pool of ``threads`` threads, and every wait of a connection is bounded by a
 - headers: complete within ``header_timeout_s`` of the connection's opening or its previous answer, else closed;
 - idle keep-alive: a connection that sends nothing for ``keepalive_s`` is closed;
 - body: ``header_timeout_s`` plus its size at ``min_body_rate_bytes_per_s``, at most ``body_timeout_s``, else 408;
+- answers: a client that does not take an answer's bytes within ``send_timeout_s`` is cut off;
 - connections: past ``max_connections`` per worker a new one is closed at once.
 Each slow client is logged once, with its address. All server tuning is derived from ``Settings`` here, so the CLI,
 the image and the manifests never repeat it. Each worker process loads the model once and warms it up in the
@@ -35,6 +36,7 @@ from hypercorn.app_wrappers import WSGIWrapper, _build_environ
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config, Sockets
+from hypercorn.events import Closed, Event, RawData
 
 from clouddetect.api import create_app
 from clouddetect.config import Settings
@@ -62,6 +64,7 @@ def hypercorn_config(settings: Settings) -> Config:
     config.bind = [f"{host}:{settings.port}"]
     config.backlog = settings.listen_backlog
     config.keep_alive_timeout = settings.keepalive_s
+    config.keep_alive_max_requests = settings.max_requests_per_connection
     config.graceful_timeout = settings.graceful_timeout_s
     config.h11_max_incomplete_size = settings.max_header_bytes
     config.include_server_header = True  # "Server: hypercorn-h11": clients and tests can tell the service answered
@@ -268,9 +271,27 @@ class Connection(TCPServer):  # type: ignore[misc]
     closed its side, which would keep a place among ``max_connections``: here the timer stops then.
     """
 
-    def __init__(self, *args: Any, header_timeout_s: float) -> None:
+    def __init__(self, *args: Any, header_timeout_s: float, send_timeout_s: float) -> None:
         super().__init__(*args)
         self.header_timeout_s = header_timeout_s
+        self.send_timeout_s = send_timeout_s
+
+    async def protocol_send(self, event: Event) -> None:
+        """hypercorn's, with the wait for the client to take an answer's bytes bounded by ``send_timeout_s``."""
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                self.writer.write(event.data)
+                await asyncio.wait_for(self.writer.drain(), self.send_timeout_s)
+            except TimeoutError:
+                log.warning("client %s too slow: the answer was not taken within %.1f s; connection closed",
+                            _peer(self.writer), self.send_timeout_s)
+                self.writer.transport.abort()
+                await self.protocol.handle(Closed())
+            except (ConnectionError, RuntimeError):
+                await self.protocol.handle(Closed())
 
     async def _idle_timeout(self) -> None:
         waited = 0.0
@@ -325,7 +346,7 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
         task.add_done_callback(connections.discard)
         try:
             await Connection(wrapped, loop, config, context, {}, reader, writer,
-                             header_timeout_s=settings.header_timeout_s)
+                             header_timeout_s=settings.header_timeout_s, send_timeout_s=settings.send_timeout_s)
         except asyncio.CancelledError:
             log.warning("client %s: connection closed unfinished at shutdown", _peer(writer))
 
