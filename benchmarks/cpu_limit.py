@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clouddetect.client import wait_ready
+from clouddetect.config import ENV_PREFIX
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
+# What winograd auto chooses in the pod's 512Mi; this machine has more memory, where auto would turn it on.
+POD_SETTINGS_ENV = {ENV_PREFIX + "WINOGRAD": "off"}
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,13 @@ def limited_server(
     limit: CpuLimit, port: int, ready_timeout_s: float, settings_env: dict[str, str] | None = None,
     log_level: str = "warning",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``clouddetect serve`` inside the limit, ready on 127.0.0.1:``port``; SIGTERM after. Default settings unless
-    ``settings_env`` (CLOUDDETECT_* variables) changes some."""
+    """``clouddetect serve`` inside the limit, ready on 127.0.0.1:``port``; SIGTERM after. The pod's default settings
+    unless the environment or ``settings_env`` (CLOUDDETECT_* variables) changes some."""
     server = subprocess.Popen(
         [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", log_level],
         preexec_fn=limit.join,  # noqa: PLW1509 - the child must start inside the CPU limit
-        env={**os.environ, **(settings_env or {})},
+        env={**POD_SETTINGS_ENV, **os.environ, **(settings_env or {})},
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}", ready_timeout_s, still_starting=lambda: server.poll() is None)

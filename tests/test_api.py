@@ -21,8 +21,10 @@ from PIL import Image
 from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.api import create_app
 from clouddetect.codec import decode_image
+from clouddetect.config import Settings
 from clouddetect.contract import response_body
 from clouddetect.detector import Detector, PreparedImage
+from clouddetect.engines.opencv import winograd_enabled
 from clouddetect.openapi import document
 from support import request_body
 
@@ -219,9 +221,10 @@ def test_bodies_waiting_past_max_waiting_body_bytes_are_503(settings, detector, 
     assert app.test_client().post(ENDPOINT, data=payload, content_type="application/json").status_code == 200
 
 
-def test_readyz_says_which_engine_runs(client) -> None:
+def test_readyz_says_which_engine_runs(client, settings: Settings) -> None:
     body = client.get("/readyz").get_json()
     assert (body["engine"], body["precision"]) == ("opencv", "f32") and body["cpu_features"]
+    assert body["winograd"] is winograd_enabled(settings)
 
 
 def test_metrics_count_requests_by_status_and_time_them(client, images) -> None:

@@ -47,9 +47,17 @@ def test_client_on_a_folder_without_images_says_so(tmp_path: Path) -> None:
     assert result.returncode == 1 and "no image files" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_bad_setting_is_a_usage_error() -> None:
-    result = clouddetect("serve", "--port", "80")
-    assert result.returncode == 2 and "above 1024" in result.stderr
+@pytest.mark.parametrize(("flag", "value", "fragment"),
+                         [("--port", "80", "above 1024"), ("--winograd", "maybe", "one of auto, on, off")])
+def test_bad_setting_is_a_usage_error(flag: str, value: str, fragment: str) -> None:
+    result = clouddetect("serve", flag, value)
+    assert result.returncode == 2 and fragment in result.stderr
+
+
+def test_detect_takes_winograd_as_a_flag(images) -> None:
+    result = clouddetect("detect", "--winograd", "on", "--winograd-min-memory-bytes", "1", str(images[1]))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["id"] == str(images[1])
 
 
 @pytest.mark.slow

@@ -13,9 +13,12 @@ import pytest
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
 from clouddetect.detector import Detection, Detector, decode_rows, rounded_box
+from clouddetect.engines.opencv import winograd_enabled
 from clouddetect.model_store import ModelFiles
 
 SAMPLE_SIZE = 8
+WINOGRAD_SAMPLE_SIZE = 3
+MIB = 1024 * 1024
 CONFIDENCE_TOLERANCE = 1e-4
 EDGE_TOLERANCE_PX = 0.5 + 1e-3
 
@@ -89,6 +92,28 @@ def test_matches_plain_opencv_on_a_sample(detector, reference_net, images) -> No
 @pytest.mark.slow
 def test_matches_plain_opencv_on_all_images(detector, reference_net, images) -> None:
     assert check_images(detector, reference_net, images) > len(images)
+
+
+@pytest.mark.parametrize("winograd", ["on", "off"])
+def test_matches_plain_opencv_with_winograd_on_and_off(model_files, settings, reference_net, images, winograd) -> None:
+    chosen = Detector(model_files, dataclasses.replace(settings, winograd=winograd))
+    assert chosen.engine.winograd is (winograd == "on")
+    assert check_images(chosen, reference_net, images[:WINOGRAD_SAMPLE_SIZE]) > 0
+
+
+def test_winograd_auto_turns_on_from_the_memory_threshold(settings: Settings, caplog) -> None:
+    auto = dataclasses.replace(settings, winograd="auto", winograd_min_memory_bytes=640 * MIB)
+    with caplog.at_level("INFO", logger="clouddetect.engines.opencv"):
+        assert not winograd_enabled(auto, memory_limit=512 * MIB)  # the default pod
+    assert "Winograd off (auto): memory limit 512 MiB, on from 640 MiB" in caplog.text
+    assert not winograd_enabled(auto, memory_limit=640 * MIB - 1)
+    assert winograd_enabled(auto, memory_limit=640 * MIB)
+    assert winograd_enabled(auto, memory_limit=24 * 1024 * MIB)
+
+
+def test_winograd_on_or_off_ignores_the_memory(settings: Settings) -> None:
+    assert winograd_enabled(dataclasses.replace(settings, winograd="on"), memory_limit=256 * MIB)
+    assert not winograd_enabled(dataclasses.replace(settings, winograd="off"), memory_limit=64 * 1024 * MIB)
 
 
 def test_boxes_lie_inside_the_image(detector, images) -> None:

@@ -23,7 +23,7 @@ from clouddetect.model_store import ModelError, ModelFiles, fetch, locate, recor
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
 DETECTION_SETTINGS = (
     "model_dir", "confidence_threshold", "nms_threshold", "input_size_px", "inference_threads", "winograd",
-    "max_image_pixels", "engine", "precision",
+    "winograd_min_memory_bytes", "max_image_pixels", "engine", "precision",
 )
 
 
@@ -35,10 +35,7 @@ def settings_options(names: Iterable[str] | None = None) -> Callable[[Callable[.
         for f in reversed(chosen):
             flag = f.name.replace("_", "-")
             help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}; default {f.default}]"
-            if f.type == "bool":
-                command = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)(command)
-            else:
-                command = click.option(f"--{flag}", f.name, type=_CLICK_TYPES[str(f.type)], help=help_text)(command)
+            command = click.option(f"--{flag}", f.name, type=_CLICK_TYPES[str(f.type)], help=help_text)(command)
         return command
 
     return decorate

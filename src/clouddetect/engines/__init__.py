@@ -32,6 +32,7 @@ class EngineInfo:
     cpu_features: tuple[str, ...]
     # The convolution kernels actually compiled (instruction set and arithmetic), where the engine tells them.
     kernels: tuple[str, ...] = ()
+    winograd: bool = False  # OpenCV's Winograd convolutions run (opencv engine only)
 
 
 class Engine(Protocol):
