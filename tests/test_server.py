@@ -152,6 +152,30 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path, images) -> None:
         assert running.process.wait(timeout=60) == 0
     assert [a.status_code for a in answers] == [200] * len(payloads)
     assert [a.json()["id"] for a in answers] == [p["id"] for p in payloads]
+    # Answered while stopping, so keep-alive clients do not send their next request onto the closing socket
+    # (the first may have been sent before the signal arrived).
+    assert sum(a.headers.get("Connection") == "close" for a in answers) >= len(payloads) - 1
+
+
+def test_a_request_on_a_keep_alive_connection_idle_at_sigterm_is_still_answered(tmp_path) -> None:
+    with live_server(tmp_path, "--keepalive-s", "5") as running:
+        address = urlsplit(running.url)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            connection.request("GET", "/healthz")
+            connection.getresponse().read()
+            running.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S
+            while "stopping:" not in running.log():  # the worker has begun to stop; the connection is idle
+                assert time.monotonic() < deadline, "the worker did not begin to stop"
+                time.sleep(0.05)
+            connection.request("GET", "/healthz")
+            answer = connection.getresponse()
+            answer.read()
+        finally:
+            connection.close()
+        assert running.process.wait(timeout=60) == 0
+    assert answer.status == 200 and answer.getheader("Connection") == "close"
 
 
 def wait_until_in_flight(url: str, count: int, timeout_s: float = 30) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 from flask import Flask
 from hypercorn.app_wrappers import WSGIWrapper, _build_environ
 from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.asyncio.worker_context import EventWrapper, WorkerContext
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData
 
@@ -146,12 +146,15 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
     with 408; past ``max_receiving_body_bytes`` of bodies arriving at once, a body is read to its end but not kept,
     and refused with 503, so its connection stays usable. The refusal is handed to the app in the environ, which
     answers, logs and counts it like any other. A body left unread (too slow, over ``max_body_bytes``, chunked)
-    closes the connection after the answer, and the answer says so.
+    closes the connection after the answer, and the answer says so. So does an answer sent while the worker stops
+    (hypercorn closes the connection after it): a keep-alive client then sends its next request elsewhere instead
+    of onto a closing socket.
     """
 
-    def __init__(self, app: Flask, settings: Settings) -> None:
+    def __init__(self, app: Flask, settings: Settings, stopping: EventWrapper) -> None:
         super().__init__(app, settings.max_body_bytes)
         self.settings = settings
+        self.stopping = stopping
         self.receiving_bytes = 0
 
     async def handle_http(self, scope: dict[str, Any], receive: Receive, send: ASGISend,
@@ -173,7 +176,7 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         rest = None if complete else asyncio.ensure_future(_discard(receive))
         try:
             status, headers, content = await sync_spawn(self._answer, environ)
-            if not complete:
+            if not complete or self.stopping.is_set():
                 headers.append((b"connection", b"close"))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": content, "more_body": False})
@@ -296,11 +299,10 @@ class Connection(TCPServer):  # type: ignore[misc]
     async def _idle_timeout(self) -> None:
         waited = 0.0
         for deadline in sorted({self.header_timeout_s, self.config.keep_alive_timeout}):
-            try:
-                await asyncio.wait_for(self.context.terminated.wait(), deadline - waited)
-                break  # the server is stopping: close idle connections now
-            except TimeoutError:
-                waited = deadline
+            # Not cut short when the worker stops: a request a client is sending on this idle connection right
+            # then is still served (its answer says Connection: close) rather than lost to a closing socket.
+            await asyncio.sleep(deadline - waited)
+            waited = deadline
             if self._headers_begun():
                 if waited >= self.header_timeout_s:
                     log.warning("client %s too slow: headers not complete within %.1f s; connection closed",
@@ -331,8 +333,8 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(settings.threads, thread_name_prefix="request"))
     config = hypercorn_config(settings)
-    wrapped = BufferedWSGI(app, settings)
     context = WorkerContext(None)
+    wrapped = BufferedWSGI(app, settings, context.terminated)
     connections: set[asyncio.Task[None]] = set()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
