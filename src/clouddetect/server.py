@@ -382,6 +382,7 @@ def run_worker(settings: Settings, sockets: Sockets) -> None:
         await serve_worker(app, settings, sockets, stop.wait)
 
     asyncio.run(main())
+    log.info("stopped")
 
 
 def serve(settings: Settings) -> None:

@@ -197,7 +197,7 @@ def test_sigterm_stops_the_container_cleanly(image: str) -> None:
         docker("stop", "--time", str(STOP_TIMEOUT_S), name)
         assert stopping.state(".State.ExitCode") == "0", stopping.logs()
         assert stopping.state(".State.OOMKilled") == "false"
-        assert "Shutting down: Master" in stopping.logs()
+        assert "clouddetect.server: stopped" in stopping.logs()
     finally:
         docker("rm", "--force", name, check=False)
 
