@@ -20,6 +20,7 @@ import requests
 from cpu_limit import cpu_limit, limited_server
 from service_vs_raw import worker_peak_rss_mib
 
+from clouddetect.answers import ENDPOINT
 from clouddetect.client import detect_one
 from clouddetect.config import ENV_PREFIX, Settings
 from clouddetect.images import default_folder, image_files
@@ -34,7 +35,7 @@ def send_at_once(url: str, files: list[Path], clients: int) -> dict[int | None, 
 
     def one(path: Path) -> int | None:
         with requests.Session() as session:
-            return detect_one(session, url + "/api/object_detection", path, REQUEST_TIMEOUT_S).status
+            return detect_one(session, url + ENDPOINT, path, REQUEST_TIMEOUT_S).status
 
     with ThreadPoolExecutor(max_workers=clients) as pool:
         statuses = list(pool.map(one, batch))

@@ -70,8 +70,9 @@ def test_each_exchange_takes_one_round_trip_and_a_fresh_connection_two() -> None
     with probe_server() as port, relay_to(port, relay_settings()) as relay, connect(relay) as sock:
         first_ms = exchange(sock, ECHO + b"x")
         round_trips = [exchange(sock) for _ in range(5)]
-    assert 2 * RTT_MS * 0.95 <= first_ms < 2 * RTT_MS + RTT_MS
-    assert RTT_MS * 0.95 <= statistics.median(round_trips) < 2 * RTT_MS
+    # The lower bounds are the relay's promise; the upper ones only catch a relay that adds far too much.
+    assert 2 * RTT_MS * 0.95 <= first_ms < 5 * RTT_MS
+    assert RTT_MS * 0.95 <= statistics.median(round_trips) < 3 * RTT_MS
 
 
 def test_without_delay_the_relay_adds_almost_nothing() -> None:
@@ -120,4 +121,4 @@ def test_a_connection_holds_at_most_buffer_bytes_each_way_so_a_round_trip_caps_i
         sock.shutdown(socket.SHUT_WR)
         counted, seconds = UPLOAD_REPORT.unpack(sock.recv(UPLOAD_REPORT.size, socket.MSG_WAITALL))
     ceiling = buffer_bytes / (rtt_ms / 2000)
-    assert ceiling * 0.5 < counted / seconds <= ceiling * 1.1
+    assert ceiling * 0.5 < counted / seconds <= ceiling * 1.3

@@ -28,6 +28,8 @@ REQUEST_BYTES = 220_000
 LINEAR_EFFICIENCY = 0.9
 # Max users below this share of the timeout bound are called out: the queue alone does not explain them.
 LOW_BOUND_RATIO = 0.6
+# A link carrying this share of its bandwidth or more is called the limit of the remote set.
+LINK_LIMIT_SHARE = 0.8
 BITS_PER_BYTE = 8
 BITS_PER_MBIT = 1_000_000
 
@@ -204,10 +206,6 @@ class Fault:
                    dict(data.get("failures_by_kind") or {}), data.get("first_failure_s"), data.get("last_failure_s"),
                    data.get("capacity_back_s"), data.get("requests_per_s_before"), data.get("pod"), data.get("node"),
                    data.get("pods_on_node"), data.get("endpoints_off_lost_node_s"))
-
-    @property
-    def failed_share(self) -> float:
-        return self.failed / self.requests if self.requests else 0.0
 
 
 @dataclass(frozen=True)

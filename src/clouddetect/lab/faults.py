@@ -26,7 +26,7 @@ from typing import Any
 import click
 import requests
 
-from clouddetect.answers import ENDPOINT
+from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.images import default_folder, encode_file, image_files
 from clouddetect.lab.platform import Kubernetes, PlatformError, is_serving, poll
 
@@ -96,10 +96,20 @@ class LoadLoop:
             started = self.clock()
             try:
                 response = session.post(self.url, json=body, timeout=self.request_timeout_s)
-                error = None if response.status_code == 200 else f"HTTP {response.status_code}"
+                error = f"HTTP {response.status_code}" if response.status_code != 200 else _answer_problem(response,
+                                                                                                         body["id"])
             except requests.RequestException as exc:
                 error = type(exc).__name__
             self.outcomes.append(Outcome(started, self.clock(), error))
+
+
+def _answer_problem(response: requests.Response, request_id: str) -> str | None:
+    """A 200 counts only when its answer keeps the contract, as the load test judges it."""
+    try:
+        problem = response_problem(response.json(), request_id)
+    except ValueError:
+        problem = "answer is not JSON"
+    return None if problem is None else "bad answer"
 
 
 class Cluster(Kubernetes):

@@ -35,9 +35,12 @@ def find_chromium(given: str | None = None) -> Path:
 
 def require_font(family: str) -> None:
     """Fontconfig (which Chromium uses) must know ``family``; a silent substitute would change the layout."""
-    listed = subprocess.run(["fc-list", family, "family"], capture_output=True, text=True, check=False).stdout
+    try:
+        listed = subprocess.run(["fc-list", family, "family"], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        raise PdfError("fc-list is missing: the font check needs it (Debian: apt-get install fontconfig)") from None
     if not listed.strip():
-        raise PdfError(f"font {family!r} is not installed (Debian: apt-get install fonts-liberation)")
+        raise PdfError(f"font {family!r} is not installed (Debian: apt-get install fonts-liberation fontconfig)")
 
 
 @dataclass(frozen=True)

@@ -248,7 +248,9 @@ def _kinds(counts: dict[str, int]) -> str:
 
 def discussion(facts: Facts) -> list[Block]:
     """The observations and challenges: the template's Markdown subset (headings, paragraphs) as blocks."""
-    text = _environment().get_template("discussion.md.j2").render(facts=facts)
+    text = _environment().get_template("discussion.md.j2").render(
+        facts=facts, timeout_share=facts_module.TIMEOUT_SHARE_HELD, request_kb=facts_module.REQUEST_BYTES // 1000,
+        link_limit_share=facts_module.LINK_LIMIT_SHARE)
     blocks: list[Block] = []
     for chunk in re.split(r"\n\s*\n", text):
         chunk = " ".join(line.strip() for line in chunk.splitlines() if line.strip())
