@@ -253,7 +253,8 @@ def test_slow_clients_through_the_published_port_are_cut_off_while_honest_reques
         assert requests.post(container.url + ENDPOINT, json=payload, timeout=REQUEST_TIMEOUT_S).json() == expected
         logs = container.logs()
         assert container.state(".State.OOMKilled") == "false"
+        limit_mib = int(container.state(".HostConfig.Memory")) / 1024**2
     assert_honest_answered_and_slow_cut_off(result, expected, SLOW_HEADER_TIMEOUT_S, SLOW_BODY_TIMEOUT_S)
     assert logs.count("too slow: headers not complete") == SLOW_CLIENTS_PER_KIND
     assert logs.count("body bytes in") == SLOW_CLIENTS_PER_KIND
-    assert peak_mib < int(container.state(".HostConfig.Memory")) / 1024**2
+    assert peak_mib < limit_mib
