@@ -42,9 +42,9 @@ STOP_TIMEOUT_S = 40
 IMAGES_SENT = 8
 ACCURACY_TOLERANCE = 1e-4
 BUILD_TOOLS = ["gcc", "cc", "g++", "make", "pip", "pip3", "vim", "vi", "nano"]
-# Slow clients of each kind through the published port: ~18 KiB each inside, well within the pod's 512 MiB, and cut
-# off at short deadlines so that the whole attack takes well under a minute.
-SLOW_CLIENTS_PER_KIND = 300
+# Slow clients of each kind through the published port, as many as on loopback: ~40 MiB more inside the pod's 512 MiB;
+# cut off at short deadlines, so that the whole attack takes well under a minute.
+SLOW_CLIENTS_PER_KIND = 1000
 SLOW_HEADER_TIMEOUT_S = 4.0
 SLOW_BODY_TIMEOUT_S = 6.0
 CGROUP_MEMORY = "/sys/fs/cgroup/memory"  # cgroup v1, as Docker runs here
