@@ -80,7 +80,7 @@ LOST_WORKER = "worker-2"
 FAULT_RESULTS_DIR = os.environ.get("CLOUDDETECT_FAULT_RESULTS_DIR")
 # Slow clients through the NodePort, spread by kube-proxy over a few pods, cut at the manifests' own deadlines.
 SLOW_PODS = 2
-SLOW_CLIENTS_PER_KIND = 200
+SLOW_CLIENTS_PER_KIND = 500
 
 T = TypeVar("T")
 
@@ -303,7 +303,8 @@ def test_slow_clients_through_the_node_port_are_cut_off_while_honest_requests_ar
                     lambda: max(deployed.cgroup_value(pod, MEMORY_USAGE) for pod in pods) / 1024**2,
                     body_deadline_s(defaults))
     peaks_mib = [deployed.cgroup_value(pod, MEMORY_PEAK) / 1024**2 for pod in pods]
-    print(f"NodePort, {SLOW_PODS} pods: {result.summary()} (cgroup peaks since start {peaks_mib} MiB)")
+    print(f"NodePort, {SLOW_PODS} pods: {result.summary()} (cgroup peaks since start "
+          f"{', '.join(f'{peak:.0f}' for peak in peaks_mib)} MiB)")
     assert deployed.pods() == pods
     restarts = deployed.kubectl("get", "pods", "--selector", deployed.selector, "--output",
                                 "jsonpath={.items[*].status.containerStatuses[*].restartCount}").split()
