@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
@@ -13,20 +12,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from slow_attack import CUT_OFF_SLACK_S, assert_honest_answered_and_slow_cut_off, attack
 
 from clouddetect.answers import ENDPOINT
 from clouddetect.codec import decode_image
 from clouddetect.contract import response_body
-from clouddetect.server import hypercorn_config, raise_open_files_limit
-from clouddetect.slow_clients import SlowOutcome, first_bytes, trickle
+from clouddetect.server import hypercorn_config
+from clouddetect.slow_clients import first_bytes
 from support import free_port, live_server, request_body
 
 pytestmark = pytest.mark.slow
@@ -240,14 +238,8 @@ def test_a_precision_the_cpu_lacks_is_refused_at_start(tmp_path, converted_model
 SLOW_CLIENTS_PER_KIND = 1000
 SLOW_HEADER_TIMEOUT_S = 4.0
 SLOW_BODY_TIMEOUT_S = 6.0
-DRIP_INTERVAL_S = 1.0
-HONEST_REQUESTS = 8
-HONEST_TIMEOUT_S = 10.0  # "within a few seconds": an honest answer slower than this fails the test
-# Cut-offs come from one event loop serving 2,000 connections on a shared machine: allow this much lateness.
-CUT_OFF_SLACK_S = 10.0
 PIPELINED_ANSWERS = 16
 RSS_GROWTH_LIMIT_MIB = 128
-T = TypeVar("T")
 
 
 def rss_mib(pid: int) -> float:
@@ -257,63 +249,26 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def attack(port: int, per_kind: int, honest: Callable[[], T]) -> tuple[list[SlowOutcome], T]:
-    """``per_kind`` header tricklers and as many body tricklers, all connected first, then ``honest`` in a thread."""
-
-    async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
-        connecting = time.monotonic()  # the server's clock for this connection cannot start earlier
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return reader, writer, connecting
-
-    kinds = ["headers", "body"] * per_kind
-    connections = await asyncio.gather(*(opened() for _ in kinds))
-    slow = [trickle(kind, reader, writer, DRIP_INTERVAL_S, at) for kind, (reader, writer, at) in
-            zip(kinds, connections, strict=True)]
-    *outcomes, honest_result = await asyncio.gather(*slow, asyncio.to_thread(honest))
-    return outcomes, honest_result
-
-
 def test_slow_clients_are_cut_off_while_honest_requests_are_answered(tmp_path, images) -> None:
     """1,000 connections trickling bodies and 1,000 holding half-sent headers hold no thread and no admission slot.
 
     Honest requests keep their normal answers meanwhile; every slow client is cut off at its deadline, answered
     408 when its headers had arrived, and logged once; the worker's memory stays bounded.
     """
-    raise_open_files_limit(2 * SLOW_CLIENTS_PER_KIND + 256)
     flags = ("--header-timeout-s", str(SLOW_HEADER_TIMEOUT_S), "--body-timeout-s", str(SLOW_BODY_TIMEOUT_S))
     with live_server(tmp_path, *flags) as running:
         payload = request_body(images[1], "honest")
         expected = post(running.url, payload).json()
         idle_mib = rss_mib(running.process.pid)
-
-        def honest() -> tuple[list[requests.Response], list[float], float]:
-            time.sleep(DRIP_INTERVAL_S)  # every slow client has started
-            answers, latencies, peak = [], [], 0.0
-            with requests.Session() as session:
-                for _ in range(HONEST_REQUESTS):
-                    started = time.monotonic()
-                    answers.append(session.post(running.url + ENDPOINT, json=payload, timeout=HONEST_TIMEOUT_S))
-                    latencies.append(time.monotonic() - started)
-                    peak = max(peak, rss_mib(running.process.pid))
-            return answers, latencies, peak
-
-        outcomes, (answers, latencies, peak_mib) = asyncio.run(
-            asyncio.wait_for(attack(running.port, SLOW_CLIENTS_PER_KIND, honest),
-                             SLOW_BODY_TIMEOUT_S + CUT_OFF_SLACK_S + HONEST_REQUESTS * HONEST_TIMEOUT_S))
-        assert [a.status_code for a in answers] == [200] * HONEST_REQUESTS, latencies
-        assert all(a.json() == expected for a in answers)
+        result = attack(running.url, SLOW_CLIENTS_PER_KIND, payload, lambda: rss_mib(running.process.pid),
+                        SLOW_BODY_TIMEOUT_S)
+        print(f"\nloopback: {result.summary()} (idle {idle_mib:.0f} MiB)")
         assert post(running.url, payload).json() == expected
-    headers = [o for o in outcomes if o.kind == "headers"]
-    bodies = [o for o in outcomes if o.kind == "body"]
-    assert {o.answer for o in headers} == {b""}, "half-sent headers are closed without an answer"
-    assert {o.status for o in bodies} == {408}
-    for group, deadline_s in ((headers, SLOW_HEADER_TIMEOUT_S), (bodies, SLOW_BODY_TIMEOUT_S)):
-        held = sorted(o.held_s for o in group)
-        assert deadline_s - 0.1 <= held[0] and held[-1] <= deadline_s + CUT_OFF_SLACK_S, (held[0], held[-1])
+    assert_honest_answered_and_slow_cut_off(result, expected, SLOW_HEADER_TIMEOUT_S, SLOW_BODY_TIMEOUT_S)
     log = running.log()
     assert log.count("too slow: headers not complete") == SLOW_CLIENTS_PER_KIND
     assert log.count("body bytes in") == SLOW_CLIENTS_PER_KIND
-    assert peak_mib - idle_mib < RSS_GROWTH_LIMIT_MIB, (idle_mib, peak_mib)
+    assert result.honest.peak_mib - idle_mib < RSS_GROWTH_LIMIT_MIB, (idle_mib, result.honest.peak_mib)
 
 
 def test_bodies_arriving_past_their_byte_bound_are_503(tmp_path, images) -> None:

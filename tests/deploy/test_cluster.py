@@ -30,8 +30,10 @@ from typing import TypeVar
 import pytest
 import requests
 import yaml
+from slow_attack import assert_honest_answered_and_slow_cut_off, attack, body_deadline_s
 
 from clouddetect.answers import ENDPOINT, response_problem
+from clouddetect.config import Settings
 from clouddetect.lab.results import Experiment
 from support import apt_install, request_body
 
@@ -51,6 +53,8 @@ BALANCE_PODS = 8
 POD_CPU_CORES = 0.5
 POD_MEMORY_BYTES = 512 * 1024**2
 REQUESTS_PER_POD = 10
+MEMORY_USAGE = "memory/memory.usage_in_bytes"
+MEMORY_PEAK = "memory/memory.max_usage_in_bytes"
 CLUSTER_UP_TIMEOUT_S = 3600.0  # a cold start builds Kubernetes
 IMAGE_BUILD_TIMEOUT_S = 1800.0
 KUBECTL_TIMEOUT_S = 120.0
@@ -79,6 +83,9 @@ FAULT_RESULTS_DIR = os.environ.get("CLOUDDETECT_FAULT_RESULTS_DIR")
 REPORT_DIR = os.environ.get("CLOUDDETECT_CLUSTER_REPORT_DIR")
 REMOTE_LINK_NAME = "cdtest-remote"
 REPORT_PACKAGES = ["chromium", "fonts-liberation"]
+# Slow clients through the NodePort, spread by kube-proxy over a few pods, cut at the manifests' own deadlines.
+SLOW_PODS = 2
+SLOW_CLIENTS_PER_KIND = 500
 
 T = TypeVar("T")
 
@@ -285,6 +292,33 @@ def test_pods_run_under_a_pods_cpu_quota_and_memory_limit(deployed: Deployed) ->
     period_us = deployed.cgroup_value(pod, "cpu/cpu.cfs_period_us")
     assert quota_us / period_us == POD_CPU_CORES
     assert deployed.cgroup_value(pod, "memory/memory.limit_in_bytes") == POD_MEMORY_BYTES
+
+
+def test_slow_clients_through_the_node_port_are_cut_off_while_honest_requests_are_answered(
+    deployed: Deployed, images: list[Path]
+) -> None:
+    """kube-proxy hands each slow connection to a pod like any other; the pods cut them at the deadlines the manifests
+    leave at their defaults (headers 10 s, an image-sized body ~22 s: the whole attack stays under a minute), keep
+    answering honest requests and stay within their memory limit, without a restart."""
+    pods = deployed.scale(SLOW_PODS)
+    payload = request_body(images[1], "honest")
+    expected = requests.post(deployed.url + ENDPOINT, json=payload, timeout=HTTP_TIMEOUT_S).json()
+    defaults = Settings()
+    result = attack(deployed.url, SLOW_CLIENTS_PER_KIND, payload,
+                    lambda: max(deployed.cgroup_value(pod, MEMORY_USAGE) for pod in pods) / 1024**2,
+                    body_deadline_s(defaults))
+    peaks_mib = [deployed.cgroup_value(pod, MEMORY_PEAK) / 1024**2 for pod in pods]
+    print(f"NodePort, {SLOW_PODS} pods: {result.summary()} (cgroup peaks since start "
+          f"{', '.join(f'{peak:.0f}' for peak in peaks_mib)} MiB)")
+    assert deployed.pods() == pods
+    restarts = deployed.kubectl("get", "pods", "--selector", deployed.selector, "--output",
+                                "jsonpath={.items[*].status.containerStatuses[*].restartCount}").split()
+    assert set(restarts) == {"0"}, restarts
+    assert_honest_answered_and_slow_cut_off(result, expected, defaults.header_timeout_s, body_deadline_s(defaults))
+    logs = [deployed.kubectl("logs", pod) for pod in pods]
+    assert sum(log.count("too slow: headers not complete") for log in logs) == SLOW_CLIENTS_PER_KIND
+    assert sum(log.count("body bytes in") for log in logs) == SLOW_CLIENTS_PER_KIND
+    assert max(peaks_mib) < POD_MEMORY_BYTES / 1024**2
 
 
 def test_scaling_leaves_every_pod_serving_and_the_per_pod_counts_balanced(deployed: Deployed,

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+from slow_attack import assert_honest_answered_and_slow_cut_off, attack
 
 from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.codec import decode_image
@@ -41,6 +42,12 @@ STOP_TIMEOUT_S = 40
 IMAGES_SENT = 8
 ACCURACY_TOLERANCE = 1e-4
 BUILD_TOOLS = ["gcc", "cc", "g++", "make", "pip", "pip3", "vim", "vi", "nano"]
+# Slow clients of each kind through the published port, as many as on loopback: ~40 MiB more inside the pod's 512 MiB;
+# cut off at short deadlines, so that the whole attack takes well under a minute.
+SLOW_CLIENTS_PER_KIND = 1000
+SLOW_HEADER_TIMEOUT_S = 4.0
+SLOW_BODY_TIMEOUT_S = 6.0
+CGROUP_MEMORY = "/sys/fs/cgroup/memory"  # cgroup v1, as Docker runs here
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -96,12 +103,13 @@ def wait_ready(container: Container) -> None:
 
 
 @contextmanager
-def run_as_a_pod(image: str) -> Iterator[Container]:
+def run_as_a_pod(image: str, env: dict[str, str] | None = None) -> Iterator[Container]:
     """The image as Kubernetes runs it: 0.5 CPU, 512 MiB, read-only root, a writable /tmp, published on loopback."""
     name = f"clouddetect-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
+    settings = [f"--env={key}={value}" for key, value in (env or {}).items()]
     docker("run", "--detach", "--name", name, *POD_LIMITS, "--read-only", "--tmpfs", "/tmp",
-           "--env", f"POD_NAME={name}", "--publish", f"127.0.0.1:{port}:5000", image)
+           "--env", f"POD_NAME={name}", *settings, "--publish", f"127.0.0.1:{port}:5000", image)
     running = Container(name=name, url=f"http://127.0.0.1:{port}")
     try:
         wait_ready(running)
@@ -220,3 +228,33 @@ def test_code_only_change_reuses_the_dependency_and_model_layers(image: str, tmp
         assert before[-1] != after[-1]
     finally:
         docker("rmi", CODE_CHANGE_IMAGE, check=False)
+
+
+def cgroup_memory_mib(container: Container, name: str) -> float:
+    return int(docker("exec", container.name, "cat", f"{CGROUP_MEMORY}/{name}").stdout) / 1024**2
+
+
+def test_slow_clients_through_the_published_port_are_cut_off_while_honest_requests_are_answered(
+    image: str, images: list[Path]
+) -> None:
+    """Slow clients reach the server through Docker's port forwarding as they would from outside; the honest requests
+    keep their answers, the slow ones are cut at the deadlines given in the environment, and the container stays
+    within its memory limit."""
+    env = {"CLOUDDETECT_HEADER_TIMEOUT_S": str(SLOW_HEADER_TIMEOUT_S),
+           "CLOUDDETECT_BODY_TIMEOUT_S": str(SLOW_BODY_TIMEOUT_S)}
+    with run_as_a_pod(image, env) as container:
+        payload = request_body(images[1], "honest")
+        expected = requests.post(container.url + ENDPOINT, json=payload, timeout=REQUEST_TIMEOUT_S).json()
+        idle_mib = cgroup_memory_mib(container, "memory.usage_in_bytes")
+        result = attack(container.url, SLOW_CLIENTS_PER_KIND, payload,
+                        lambda: cgroup_memory_mib(container, "memory.usage_in_bytes"), SLOW_BODY_TIMEOUT_S)
+        peak_mib = cgroup_memory_mib(container, "memory.max_usage_in_bytes")
+        print(f"\ncontainer: {result.summary()} (idle {idle_mib:.0f} MiB, cgroup peak since start {peak_mib:.0f} MiB)")
+        assert requests.post(container.url + ENDPOINT, json=payload, timeout=REQUEST_TIMEOUT_S).json() == expected
+        logs = container.logs()
+        assert container.state(".State.OOMKilled") == "false"
+        limit_mib = int(container.state(".HostConfig.Memory")) / 1024**2
+    assert_honest_answered_and_slow_cut_off(result, expected, SLOW_HEADER_TIMEOUT_S, SLOW_BODY_TIMEOUT_S)
+    assert logs.count("too slow: headers not complete") == SLOW_CLIENTS_PER_KIND
+    assert logs.count("body bytes in") == SLOW_CLIENTS_PER_KIND
+    assert peak_mib < limit_mib
