@@ -25,7 +25,7 @@ from clouddetect.codec import decode_image
 from clouddetect.contract import response_body
 from clouddetect.server import hypercorn_config
 from clouddetect.slow_clients import first_bytes
-from support import free_port, live_server, request_body
+from support import LiveServer, free_port, live_server, request_body
 
 pytestmark = pytest.mark.slow
 CONCURRENT_CLIENTS = 64
@@ -113,8 +113,7 @@ def test_a_refused_request_leaves_its_connection_usable(tmp_path, images) -> Non
                 while not busy.is_set():
                     post_with(own, running.url, request_body(images[1]))
 
-        address = urlsplit(running.url)
-        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=REQUEST_TIMEOUT_S)
+        connection = keep_alive_connection(running)
         connection.connect()
         socket_used = connection.sock
         statuses: list[int] = []
@@ -155,21 +154,34 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path, images) -> None:
     assert sum(a.headers.get("Connection") == "close" for a in answers) >= len(payloads) - 1
 
 
+def keep_alive_connection(running: LiveServer) -> http.client.HTTPConnection:
+    """One connection to ``running``: http.client reuses it and says so, where requests reconnects quietly."""
+    address = urlsplit(running.url)
+    return http.client.HTTPConnection(address.hostname, address.port, timeout=REQUEST_TIMEOUT_S)
+
+
+def get(connection: http.client.HTTPConnection, path: str) -> http.client.HTTPResponse:
+    connection.request("GET", path)
+    answer = connection.getresponse()
+    answer.read()
+    return answer
+
+
+def wait_for_log(running: LiveServer, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in running.log():
+        assert time.monotonic() < deadline, f"the server never logged {text!r}"
+        time.sleep(0.05)
+
+
 def test_a_request_on_a_keep_alive_connection_idle_at_sigterm_is_still_answered(tmp_path) -> None:
     with live_server(tmp_path, "--keepalive-s", "5") as running:
-        address = urlsplit(running.url)
-        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=REQUEST_TIMEOUT_S)
+        connection = keep_alive_connection(running)
         try:
-            connection.request("GET", "/healthz")
-            connection.getresponse().read()
+            get(connection, "/healthz")
             running.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + REQUEST_TIMEOUT_S
-            while "stopping:" not in running.log():  # the worker has begun to stop; the connection is idle
-                assert time.monotonic() < deadline, "the worker did not begin to stop"
-                time.sleep(0.05)
-            connection.request("GET", "/healthz")
-            answer = connection.getresponse()
-            answer.read()
+            wait_for_log(running, "stopping:", REQUEST_TIMEOUT_S)  # the worker stops; the connection is idle
+            answer = get(connection, "/healthz")
         finally:
             connection.close()
         assert running.process.wait(timeout=60) == 0
@@ -363,25 +375,15 @@ def test_a_client_that_stops_reading_answers_is_cut_off_at_the_send_deadline(tmp
             reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # small window: the server must wait
             reader.connect(("127.0.0.1", running.port))
             reader.sendall(asset * PIPELINED_ANSWERS)  # far more than the kernel's buffers hold, never read
-            started = time.monotonic()
-            deadline = started + send_timeout_s + CUT_OFF_SLACK_S
-            while "the answer was not taken within 2.0 s" not in running.log():
-                assert time.monotonic() < deadline, "a client that never reads still holds its connection"
-                time.sleep(0.2)
+            wait_for_log(running, "the answer was not taken within 2.0 s", send_timeout_s + CUT_OFF_SLACK_S)
         assert requests.get(running.url + "/healthz", timeout=REQUEST_TIMEOUT_S).status_code == 200
 
 
 def test_a_keep_alive_connection_closes_after_its_last_request(tmp_path) -> None:
     with live_server(tmp_path, "--max-requests-per-connection", "2") as running:
-        address = urlsplit(running.url)
-        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=REQUEST_TIMEOUT_S)
+        connection = keep_alive_connection(running)
         try:
-            connection.request("GET", "/healthz")
-            first = connection.getresponse()
-            first.read()
-            connection.request("GET", "/healthz")
-            last = connection.getresponse()
-            last.read()
+            first, last = get(connection, "/healthz"), get(connection, "/healthz")
         finally:
             connection.close()
     assert first.getheader("Connection") != "close" and last.getheader("Connection") == "close"
