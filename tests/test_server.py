@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import signal
@@ -31,6 +32,10 @@ pytestmark = pytest.mark.slow
 CONCURRENT_CLIENTS = 64
 REQUEST_TIMEOUT_S = 120
 KEEP_ALIVE_ATTEMPTS = 40
+# Workers stopped under clients that send each request as soon as the previous answer arrives.
+STOP_ROUNDS = 5
+BACK_TO_BACK_USERS = 16
+ANSWERS_BEFORE_STOP = 200
 
 
 def post(url: str, payload: dict[str, str]) -> requests.Response:
@@ -186,6 +191,48 @@ def test_a_request_on_a_keep_alive_connection_idle_at_sigterm_is_still_answered(
             connection.close()
         assert running.process.wait(timeout=60) == 0
     assert answer.status == 200 and answer.getheader("Connection") == "close"
+
+
+def test_back_to_back_keep_alive_clients_lose_no_request_when_the_worker_stops(tmp_path) -> None:
+    """Every answer says truthfully whether its connection stays open, wherever the signal falls: cheap requests
+    keep many answers on their way at every instant, and each round stops the worker among them."""
+    for _ in range(STOP_ROUNDS):
+        with live_server(tmp_path) as running:
+            problems = stop_under_back_to_back_load(running)
+            assert running.process.wait(timeout=60) == 0
+        assert problems == []
+        assert "closed unfinished at shutdown" not in running.log()  # no connection left waiting for nothing
+
+
+def stop_under_back_to_back_load(running: LiveServer) -> list[str]:
+    """SIGTERM while users each send /healthz back to back on a keep-alive connection, until an answer says
+    Connection: close; returns what went wrong for them."""
+    problems: list[str] = []
+    answered = itertools.count(1)
+    enough = threading.Event()
+
+    def user() -> None:
+        with requests.Session() as session:
+            while True:
+                try:
+                    answer = session.get(running.url + "/healthz", timeout=REQUEST_TIMEOUT_S)
+                except requests.RequestException as exc:
+                    problems.append(repr(exc))
+                    return
+                if answer.status_code != 200:
+                    problems.append(f"HTTP {answer.status_code}")
+                    return
+                if next(answered) >= ANSWERS_BEFORE_STOP:
+                    enough.set()
+                if answer.headers.get("Connection") == "close":
+                    return
+
+    with ThreadPoolExecutor(max_workers=BACK_TO_BACK_USERS) as pool:
+        for _ in range(BACK_TO_BACK_USERS):
+            pool.submit(user)
+        assert enough.wait(REQUEST_TIMEOUT_S), problems
+        running.process.send_signal(signal.SIGTERM)
+    return problems
 
 
 def wait_until_in_flight(url: str, count: int, timeout_s: float = 30) -> None:

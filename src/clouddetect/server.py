@@ -16,6 +16,7 @@ background: ``/healthz`` answers at once, ``/readyz`` only after the first infer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import io
@@ -26,7 +27,7 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import wait
 from typing import Any
@@ -139,6 +140,44 @@ def _body_length(scope: dict[str, Any]) -> int | None:
     return int(headers.get(b"content-length", 0))
 
 
+class Stopping:
+    """A worker stops in two steps, so that every answer tells the truth about its connection.
+
+    First, answers begin to say ``Connection: close``. Then, once the answers already being sent without it are
+    out, hypercorn is told that the worker terminates, and from then on it closes each connection after its
+    current answer. Told at once, it would also close the connections whose answer had just promised to keep
+    them: a back-to-back client then sent its next request onto the closing socket, and lost it.
+    """
+
+    def __init__(self, terminated: EventWrapper) -> None:
+        self.terminated = terminated
+        self.begun = False
+        self._keeping = 0  # answers being sent that keep their connection
+        self._none_keeping = asyncio.Event()
+        self._none_keeping.set()
+
+    @contextlib.contextmanager
+    def answer(self, must_close: bool) -> Iterator[bool]:
+        """Whether the answer sent inside this block closes its connection."""
+        close = must_close or self.begun
+        if not close:
+            self._keeping += 1
+            self._none_keeping.clear()
+        try:
+            yield close
+        finally:
+            if not close:
+                self._keeping -= 1
+                if not self._keeping:
+                    self._none_keeping.set()
+
+    async def begin(self) -> None:
+        """Answers say ``Connection: close`` from now on; returns once hypercorn knows the worker terminates."""
+        self.begun = True
+        await self._none_keeping.wait()  # each send is bounded by send_timeout_s
+        await self.terminated.set()
+
+
 class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers are untyped at this level
     """hypercorn's WSGI bridge with the body's arrival bounded in time and in bytes held.
 
@@ -147,11 +186,10 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
     and refused with 503, so its connection stays usable. The refusal is handed to the app in the environ, which
     answers, logs and counts it like any other. A body left unread (too slow, over ``max_body_bytes``, chunked)
     closes the connection after the answer, and the answer says so. So does an answer sent while the worker stops
-    (hypercorn closes the connection after it): a keep-alive client then sends its next request elsewhere instead
-    of onto a closing socket.
+    (see ``Stopping``): a keep-alive client then sends its next request elsewhere instead of onto a closing socket.
     """
 
-    def __init__(self, app: Flask, settings: Settings, stopping: EventWrapper) -> None:
+    def __init__(self, app: Flask, settings: Settings, stopping: Stopping) -> None:
         super().__init__(app, settings.max_body_bytes)
         self.settings = settings
         self.stopping = stopping
@@ -176,10 +214,12 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         rest = None if complete else asyncio.ensure_future(_discard(receive))
         try:
             status, headers, content = await sync_spawn(self._answer, environ)
-            if not complete or self.stopping.is_set():
-                headers.append((b"connection", b"close"))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content, "more_body": False})
+            with self.stopping.answer(must_close=not complete) as close:
+                if close:
+                    headers.append((b"connection", b"close"))
+                # hypercorn decides whether to keep the connection when the last of the answer is sent.
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": content, "more_body": False})
         finally:
             if rest is not None:
                 rest.cancel()
@@ -334,7 +374,8 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
     loop.set_default_executor(ThreadPoolExecutor(settings.threads, thread_name_prefix="request"))
     config = hypercorn_config(settings)
     context = WorkerContext(None)
-    wrapped = BufferedWSGI(app, settings, context.terminated)
+    stopping = Stopping(context.terminated)
+    wrapped = BufferedWSGI(app, settings, stopping)
     connections: set[asyncio.Task[None]] = set()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -357,7 +398,7 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
     log.info("listening on %s with %d request threads", ", ".join(config.bind), settings.threads)
     await shutdown()
     log.info("stopping: %d connections open; in-flight requests get %d s", len(connections), config.graceful_timeout)
-    await context.terminated.set()
+    await stopping.begin()
     for server in servers:
         server.close()
         await server.wait_closed()
