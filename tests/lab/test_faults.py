@@ -28,6 +28,7 @@ def test_load_loop_records_refused_connections_as_failures(images: list[Path]) -
     with LoadLoop(f"http://127.0.0.1:{free_port()}", images[0].parent, 1, REQUEST_TIMEOUT_S, time.monotonic) as load:
         time.sleep(0.2)
     assert load.outcomes and {o.error for o in load.outcomes} == {"ConnectionError"}
+    assert all("Connection refused" in (o.detail or "") for o in load.outcomes)  # what the client was told
 
 
 def sample(at_s: float, ready: int, pods: dict[str, int], endpoints: dict[str, int] | None = None) -> Sample:
@@ -46,10 +47,12 @@ def test_a_lost_node_summary_times_endpoints_and_rescheduling() -> None:
         sample(20.0, 2, {"w1": 2, "w2": 2}, {"w1": 2}),
         sample(35.0, 4, {"w1": 4}),
     ])
-    outcomes = [Outcome(1.0, 2.0, None), Outcome(9.0, 9.5, None), Outcome(10.5, 15.0, "ReadTimeout")]
+    outcomes = [Outcome(1.0, 2.0, None), Outcome(9.0, 9.5, None), Outcome(10.5, 15.0, "ReadTimeout", "Read timed out.")]
     result = summarise("node-loss", {"node": "w2"}, outcomes, timeline, 10.0, 4, SETTINGS)
     assert result["failed_requests"] == 1 and result["failures_by_kind"] == {"ReadTimeout": 1}
     assert result["endpoints_off_lost_node_s"] == 10.0
     assert result["rescheduled_s"] == 25.0 == result["capacity_back_s"]
     assert result["first_failure_s"] == 0.5 and result["last_failure_s"] == 5.0
+    assert result["failures"] == [
+        {"started_s": 0.5, "ended_s": 5.0, "error": "ReadTimeout", "detail": "Read timed out."}]
     assert result["requests_per_s_before"] == 0.2

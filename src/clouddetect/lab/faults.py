@@ -32,6 +32,7 @@ from clouddetect.lab.platform import Kubernetes, PlatformError, is_serving, poll
 
 FAULTS = ("pod-delete", "rollout-restart", "node-loss")
 POD_PORT = 5000  # the pods' own port; faults read nothing from pods directly
+DETAIL_CHARS = 500  # of a failed request's answer or exception, kept in the result
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Outcome:
     started_s: float
     ended_s: float
     error: str | None  # None: a 200 answer
+    detail: str | None = None  # what the client was told, to explain a failure
 
 
 @dataclass
@@ -94,13 +96,16 @@ class LoadLoop:
             body = {"id": str(uuid.uuid4()), "image": self.bodies[sent % len(self.bodies)]}
             sent += self.users
             started = self.clock()
+            detail = None
             try:
                 response = session.post(self.url, json=body, timeout=self.request_timeout_s)
                 error = f"HTTP {response.status_code}" if response.status_code != 200 else _answer_problem(response,
                                                                                                          body["id"])
+                if error:
+                    detail = response.text[:DETAIL_CHARS]
             except requests.RequestException as exc:
-                error = type(exc).__name__
-            self.outcomes.append(Outcome(started, self.clock(), error))
+                error, detail = type(exc).__name__, str(exc)[:DETAIL_CHARS]
+            self.outcomes.append(Outcome(started, self.clock(), error, detail))
 
 
 def _answer_problem(response: requests.Response, request_id: str) -> str | None:
@@ -179,6 +184,8 @@ def summarise(fault: str, detail: dict[str, Any], outcomes: list[Outcome], timel
         "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "requests": len(outcomes), "failed_requests": len(failed),
         "failures_by_kind": dict(Counter(o.error for o in failed)),
+        "failures": [{"started_s": round(o.started_s - fault_at_s, 3), "ended_s": round(o.ended_s - fault_at_s, 3),
+                      "error": o.error, "detail": o.detail} for o in failed],
         "first_failure_s": min((o.started_s - fault_at_s for o in failed), default=None),
         "last_failure_s": max((o.ended_s - fault_at_s for o in failed), default=None),
         "requests_per_s_before": rate(outcomes, 0.0, fault_at_s),
