@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 ENDPOINT = "/api/object_detection"
+# A client that waits longer than this for an answer counts the request as failed (load test, lab, faults).
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 RECTANGLE_KEYS = ("height", "left", "top", "width")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from clouddetect.answers import DEFAULT_REQUEST_TIMEOUT_S
 from clouddetect.images import default_folder, image_files
 from clouddetect.lab.bundle import bundle_command
 from clouddetect.lab.environment import client_network, code_version, load_generator
@@ -54,7 +55,8 @@ def lab() -> None:
               help="Runs per pod count.")
 @click.option("--client-location", type=click.Choice(CLIENT_LOCATIONS), default="master", show_default=True,
               help="Where this load generator runs; a label that keeps both sets apart in one report.")
-@click.option("--timeout-s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--timeout-s", default=DEFAULT_REQUEST_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="An answer slower than this is a failed request.")
 @click.option("--spawn-rate", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Users started per second while searching for the breaking point.")

@@ -26,7 +26,7 @@ from typing import Any
 import click
 import requests
 
-from clouddetect.answers import ENDPOINT, response_problem
+from clouddetect.answers import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, response_problem
 from clouddetect.images import default_folder, encode_file, image_files
 from clouddetect.lab.platform import Kubernetes, PlatformError, is_serving, poll
 
@@ -291,7 +291,8 @@ def run_fault(fault: str, url: str, images: Path, cluster: Cluster, settings: Fa
 @click.option("--after-s", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="Load kept up once the Deployment is whole again.")
 @click.option("--recovery-timeout-s", default=300.0, show_default=True, type=click.FloatRange(min=0))
-@click.option("--request-timeout-s", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--request-timeout-s", default=DEFAULT_REQUEST_TIMEOUT_S, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
               help="An answer slower than this is a failed request.")
 @click.option("--poll-interval-s", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Time between samples of the pods and the Service's endpoints.")
