@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from clouddetect.cli import main
+from clouddetect.lab.bundle import Submission, write_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_URL = "http://203.0.113.7:30500"
@@ -58,6 +59,22 @@ def test_zip_holds_dockerfile_source_yamls_locust_and_lab_scripts_and_the_report
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or ".egg-info" in n]
     assert not [n for n in names if n.startswith(("tests/", ".venv/", "results/"))]
     assert mode & stat.S_IXUSR  # scripts stay executable
+
+
+def test_a_checkout_ships_only_what_git_tracks(tmp_path: Path, report_pdf: Path) -> None:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    exported = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=exported, check=True)
+    git = ["git", "-C", str(checkout), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the checkout"]):
+        subprocess.run([*git, *command], check=True)
+    strays = ["src/clouddetect/lab/api-key.env", "deploy/k8s/base/local-patch.yaml"]
+    for stray in strays:
+        (checkout / stray).write_text("never in the zip\n")
+    names = write_bundle(checkout, Submission(SERVICE_URL, None, report_pdf), tmp_path / "submission.zip")
+    assert "src/clouddetect/lab/cli.py" in names and "deploy/k8s/base/deployment.yaml" in names
+    assert not set(strays) & set(names)
 
 
 def test_readme_names_the_service_endpoint_and_the_video(tmp_path: Path, report_pdf: Path) -> None:

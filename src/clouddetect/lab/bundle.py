@@ -2,11 +2,13 @@
 the experiment scripts, the report PDF and a ReadMe.txt naming the service's endpoint and the video.
 
 Files come from a source checkout (found upwards from the working directory), never from an installed package:
-the Dockerfile and the manifests are not part of the package. Caches and build output are left out.
+the Dockerfile and the manifests are not part of the package. In a git checkout only the files git tracks go in,
+so a local file beside them (a secret, a results folder) never ships; elsewhere caches and build output are left out.
 """
 
 from __future__ import annotations
 
+import subprocess
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +84,22 @@ def _included(path: Path) -> bool:
     return not skipped_folder and path.suffix not in SKIPPED_SUFFIXES
 
 
+def tracked_files(root: Path) -> set[str] | None:
+    """The files git tracks in ``root``, or None where ``root`` is not the top of a git checkout."""
+    try:
+        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        if Path(top).resolve() != root.resolve():
+            return None
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return set(listed.decode().split("\0")) - {""}
+
+
 def bundled_files(root: Path) -> list[str]:
     """The checkout's files that go into the zip, as paths relative to ``root``."""
+    tracked = tracked_files(root)
     names: set[str] = set()
     for entry in BUNDLED:
         path = root / entry
@@ -93,7 +109,7 @@ def bundled_files(root: Path) -> list[str]:
             names.add(entry)
         else:
             raise BundleError(f"{path} is missing from the checkout")
-    return sorted(names)
+    return sorted(names if tracked is None else names & tracked)
 
 
 def readme_text(submission: Submission) -> str:
