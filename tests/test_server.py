@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import itertools
@@ -19,12 +20,13 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from hypercorn.asyncio.worker_context import EventWrapper
 from slow_attack import CUT_OFF_SLACK_S, assert_honest_answered_and_slow_cut_off, attack
 
 from clouddetect.answers import ENDPOINT
 from clouddetect.codec import decode_image
 from clouddetect.contract import response_body
-from clouddetect.server import hypercorn_config
+from clouddetect.server import Stopping, hypercorn_config
 from clouddetect.slow_clients import first_bytes
 from support import LiveServer, free_port, live_server, request_body
 
@@ -36,6 +38,7 @@ KEEP_ALIVE_ATTEMPTS = 40
 STOP_ROUNDS = 5
 BACK_TO_BACK_USERS = 16
 ANSWERS_BEFORE_STOP = 200
+STOP_WAIT_S = 0.2
 
 
 def post(url: str, payload: dict[str, str]) -> requests.Response:
@@ -206,14 +209,15 @@ def test_back_to_back_keep_alive_clients_lose_no_request_when_the_worker_stops(t
 
 def stop_under_back_to_back_load(running: LiveServer) -> list[str]:
     """SIGTERM while users each send /healthz back to back on a keep-alive connection, until an answer says
-    Connection: close; returns what went wrong for them."""
+    Connection: close; returns what went wrong for them. The signal comes once every user has its connection."""
     problems: list[str] = []
+    connected = threading.Semaphore(0)
     answered = itertools.count(1)
     enough = threading.Event()
 
     def user() -> None:
         with requests.Session() as session:
-            while True:
+            for sent in itertools.count(1):
                 try:
                     answer = session.get(running.url + "/healthz", timeout=REQUEST_TIMEOUT_S)
                 except requests.RequestException as exc:
@@ -222,17 +226,60 @@ def stop_under_back_to_back_load(running: LiveServer) -> list[str]:
                 if answer.status_code != 200:
                     problems.append(f"HTTP {answer.status_code}")
                     return
+                if sent == 1:
+                    connected.release()
                 if next(answered) >= ANSWERS_BEFORE_STOP:
                     enough.set()
                 if answer.headers.get("Connection") == "close":
                     return
 
     with ThreadPoolExecutor(max_workers=BACK_TO_BACK_USERS) as pool:
-        for _ in range(BACK_TO_BACK_USERS):
-            pool.submit(user)
+        users = [pool.submit(user) for _ in range(BACK_TO_BACK_USERS)]
+        for _ in users:
+            assert connected.acquire(timeout=REQUEST_TIMEOUT_S), problems
         assert enough.wait(REQUEST_TIMEOUT_S), problems
         running.process.send_signal(signal.SIGTERM)
+    for done in users:
+        done.result()  # a user that raised is a fault of the test, not of the server
     return problems
+
+
+def test_hypercorn_hears_of_the_stop_once_the_answers_promising_keep_alive_are_out() -> None:
+    async def scenario() -> None:
+        terminated = EventWrapper()
+        stopping = Stopping(terminated)
+        sent = asyncio.Event()
+
+        async def answer_being_sent() -> None:
+            with stopping.answer(keep_alive=True) as keep:
+                assert keep
+                await sent.wait()
+
+        sending = asyncio.create_task(answer_being_sent())
+        await asyncio.sleep(0)
+        stop = asyncio.create_task(stopping.begin(within_s=REQUEST_TIMEOUT_S))
+        await asyncio.sleep(STOP_WAIT_S)
+        assert not terminated.is_set()
+        with stopping.answer(keep_alive=True) as keep:
+            assert not keep  # an answer begun after the signal says Connection: close
+        sent.set()
+        await asyncio.gather(sending, stop)
+        assert terminated.is_set()
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_that_is_never_taken_holds_the_stop_no_longer_than_its_bound() -> None:
+    async def scenario() -> float:
+        terminated = EventWrapper()
+        stopping = Stopping(terminated)
+        with stopping.answer(keep_alive=True):
+            started = time.monotonic()
+            await stopping.begin(within_s=STOP_WAIT_S)
+            assert terminated.is_set()
+            return time.monotonic() - started
+
+    assert asyncio.run(scenario()) >= STOP_WAIT_S
 
 
 def wait_until_in_flight(url: str, count: int, timeout_s: float = 30) -> None:

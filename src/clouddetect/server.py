@@ -143,10 +143,11 @@ def _body_length(scope: dict[str, Any]) -> int | None:
 class Stopping:
     """A worker stops in two steps, so that every answer tells the truth about its connection.
 
-    First, answers begin to say ``Connection: close``. Then, once the answers already being sent without it are
-    out, hypercorn is told that the worker terminates, and from then on it closes each connection after its
-    current answer. Told at once, it would also close the connections whose answer had just promised to keep
-    them: a back-to-back client then sent its next request onto the closing socket, and lost it.
+    First, answers begin to say ``Connection: close``. Then, once the HTTP/1.1 answers already being sent without
+    it are out, hypercorn is told that the worker terminates: from then on it closes each connection after its
+    current answer (and an HTTP/2 connection says GOAWAY). Told at once, it would also close the connections whose
+    answer had just promised to keep them, and a back-to-back client's next request met a closing socket. The wait
+    is bounded: an answer a client does not take holds the stop no longer than ``within_s``.
     """
 
     def __init__(self, terminated: EventWrapper) -> None:
@@ -157,25 +158,31 @@ class Stopping:
         self._none_keeping.set()
 
     @contextlib.contextmanager
-    def answer(self, must_close: bool) -> Iterator[bool]:
-        """Whether the answer sent inside this block closes its connection."""
-        close = must_close or self.begun
-        if not close:
+    def answer(self, keep_alive: bool) -> Iterator[bool]:
+        """Whether the answer sent inside this block keeps its connection, where it could (``keep_alive``)."""
+        keep = keep_alive and not self.begun
+        if keep:
             self._keeping += 1
             self._none_keeping.clear()
         try:
-            yield close
+            yield keep
         finally:
-            if not close:
+            if keep:
                 self._keeping -= 1
                 if not self._keeping:
                     self._none_keeping.set()
 
-    async def begin(self) -> None:
+    async def begin(self, within_s: float) -> None:
         """Answers say ``Connection: close`` from now on; returns once hypercorn knows the worker terminates."""
         self.begun = True
-        await self._none_keeping.wait()  # each send is bounded by send_timeout_s
-        await self.terminated.set()
+        try:
+            async with asyncio.timeout(within_s):
+                await self._none_keeping.wait()
+        except TimeoutError:
+            log.warning("%d answers promising keep-alive still not sent after %.1f s; stopping all the same",
+                        self._keeping, within_s)
+        finally:
+            await self.terminated.set()
 
 
 class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers are untyped at this level
@@ -214,8 +221,9 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         rest = None if complete else asyncio.ensure_future(_discard(receive))
         try:
             status, headers, content = await sync_spawn(self._answer, environ)
-            with self.stopping.answer(must_close=not complete) as close:
-                if close:
+            # HTTP/1.0 and HTTP/2 connections are not kept by these headers (h2 drops them).
+            with self.stopping.answer(keep_alive=complete and scope["http_version"] == "1.1") as keep:
+                if not keep:
                     headers.append((b"connection", b"close"))
                 # hypercorn decides whether to keep the connection when the last of the answer is sent.
                 await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -397,13 +405,14 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
                for sock in sockets.insecure_sockets]
     log.info("listening on %s with %d request threads", ", ".join(config.bind), settings.threads)
     await shutdown()
+    deadline = loop.time() + config.graceful_timeout
     log.info("stopping: %d connections open; in-flight requests get %d s", len(connections), config.graceful_timeout)
-    await stopping.begin()
     for server in servers:
         server.close()
         await server.wait_closed()
+    await stopping.begin(within_s=config.graceful_timeout)
     if connections:
-        _done, unfinished = await asyncio.wait(connections, timeout=config.graceful_timeout)
+        _done, unfinished = await asyncio.wait(connections, timeout=max(0.0, deadline - loop.time()))
         for task in unfinished:
             task.cancel()
 
