@@ -2,7 +2,8 @@
 
 Answer: ``{"id": str, "objects": [{"label": str, "accuracy": float, "rectangle": {"height": int, "left": int,
 "top": int, "width": int}}]}``. Clients (the CLI client, the load test, any script) check answers with
-``response_problem`` so they judge them as the service means them, without the service's dependencies.
+``response_problem`` so they judge them as the service means them, without the service's dependencies, and count
+an answer that takes longer than ``DEFAULT_REQUEST_TIMEOUT_S`` (unless told otherwise) as a failed request.
 """
 
 from __future__ import annotations
