@@ -290,7 +290,8 @@ def run_fault(fault: str, url: str, images: Path, cluster: Cluster, settings: Fa
               help="Steady load before the fault.")
 @click.option("--after-s", default=5.0, show_default=True, type=click.FloatRange(min=0),
               help="Load kept up once the Deployment is whole again.")
-@click.option("--recovery-timeout-s", default=300.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--recovery-timeout-s", default=300.0, show_default=True, type=click.FloatRange(min=0),
+              help="Most time to wait for the Deployment to be whole again after the fault.")
 @click.option("--request-timeout-s", default=DEFAULT_REQUEST_TIMEOUT_S, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="An answer slower than this is a failed request.")
