@@ -42,6 +42,7 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CLUSTER = ROOT / "scripts" / "test-cluster"
 TOUR = ROOT / "deploy" / "cluster" / "tour"
+LOAD_IMAGE = ROOT / "deploy" / "cluster" / "load-image"
 BASE = ROOT / "deploy" / "k8s" / "base"
 IMAGE = "clouddetect:latest"
 POD_COUNTS = [int(n) for n in os.environ.get("CLOUDDETECT_CLUSTER_POD_COUNTS", "1,2,4,8").split(",")]
@@ -57,6 +58,15 @@ MEMORY_USAGE = "memory/memory.usage_in_bytes"
 MEMORY_PEAK = "memory/memory.max_usage_in_bytes"
 CLUSTER_UP_TIMEOUT_S = 3600.0  # a cold start builds Kubernetes
 IMAGE_BUILD_TIMEOUT_S = 1800.0
+# The recipe's image loading reaches the workers with `ssh USER@NODE COMMAND`: here that runs on the test node.
+SSH_STAND_IN = f"""#!/usr/bin/env bash
+set -euo pipefail
+host=$1
+shift
+exec {TEST_CLUSTER} ssh "${{host#*@}}" "$@"
+"""
+SUDO_STAND_IN = '#!/bin/sh\nexec "$@"\n'  # the tests run as root
+CONTAINERD_NAMESPACE = "k8s.io"  # the kubelet's images in containerd
 KUBECTL_TIMEOUT_S = 120.0
 ROLLOUT_TIMEOUT_S = 300.0
 NODE_PORT_TIMEOUT_S = 60.0
@@ -247,6 +257,48 @@ def served_ids(target: Deployed, pod: str) -> set[str]:
     """Request ids in the pod's log lines that name this pod as the instance that answered."""
     lines = target.kubectl("logs", pod).splitlines()
     return {line.split(" id=", 1)[1].split()[0] for line in lines if f" instance={pod} " in line and " id=" in line}
+
+
+def on_node(node: str, command: str, timeout_s: float = KUBECTL_TIMEOUT_S) -> str:
+    """``command`` run on a test node as ``ssh NODE COMMAND`` runs it on a VM; returns its output."""
+    done = subprocess.run([str(TEST_CLUSTER), "ssh", node, command], capture_output=True, text=True,
+                          timeout=timeout_s, check=False)
+    assert done.returncode == 0, f"{node}: {command}: {done.stderr}"
+    return done.stdout
+
+
+def containerd_image_id(node: str, image: str) -> str | None:
+    """Docker's image ID (the config digest) of ``image`` in the node's containerd, or None when it is not there."""
+    name = f"docker.io/library/{image}"
+    for line in on_node(node, f"ctr --namespace {CONTAINERD_NAMESPACE} images ls").splitlines()[1:]:
+        ref, _media_type, digest, *_ = line.split()
+        if ref == name:
+            manifest = on_node(node, f"ctr --namespace {CONTAINERD_NAMESPACE} content get {digest}")
+            return json.loads(manifest)["config"]["digest"]
+    return None
+
+
+def test_the_recipe_loads_the_image_into_every_nodes_containerd(cluster: Cluster, app_image: str,
+                                                                tmp_path: Path) -> None:
+    """deploy/cluster/load-image for real, run on the controller as on the VMs: ``docker save`` from its Docker
+    engine, ``ctr import`` into each node's containerd, which the kubelet uses from 1.24 on (this cluster's 1.20
+    kubelets still take images from Docker, so the pods do not show it)."""
+    workers = cluster.workers()
+    controller = next(name for name in cluster.nodes() if name not in workers)
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    for name, script in (("ssh", SSH_STAND_IN), ("sudo", SUDO_STAND_IN)):
+        (stand_ins / name).write_text(script)
+        (stand_ins / name).chmod(0o755)
+    nodes = [controller, *workers]
+    for node in nodes:
+        on_node(node, f"ctr --namespace {CONTAINERD_NAMESPACE} images rm docker.io/library/{app_image} || true")
+        assert containerd_image_id(node, app_image) is None
+    targets = " ".join(["local", *(f"root@{worker}" for worker in workers)])
+    on_node(controller, f"PATH={stand_ins}:$PATH {LOAD_IMAGE} --image {app_image} {targets}", IMAGE_BUILD_TIMEOUT_S)
+    built = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", app_image], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert {node: containerd_image_id(node, app_image) for node in nodes} == dict.fromkeys(nodes, built)
 
 
 def test_pods_run_the_image_built_here(deployed: Deployed, app_image: str) -> None:
