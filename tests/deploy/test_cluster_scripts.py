@@ -1,11 +1,16 @@
-"""The shell scripts pass shellcheck, and the cluster recipe's dry runs plan what the cluster needs."""
+"""The shell scripts pass shellcheck, the cluster recipe's dry runs plan what the cluster needs, and its firewall
+step runs for real on a host with Oracle's REJECT rules."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,22 @@ NODE_ROLE_SCRIPTS = ["node-setup", "controller-init", "worker-join", "load-image
 SCRIPTS = [ROOT / "scripts" / "docker-engine", ROOT / "scripts" / "base-image", ROOT / "scripts" / "test-cluster",
            CLUSTER / "lib.sh",
            *(CLUSTER / name for name in NODE_ROLE_SCRIPTS)]
+# A host of this machine's own for the firewall test: a network namespace behind a veth, as Oracle's images come.
+FIREWALL_HOST = "cdtest-fw"
+FIREWALL_VETH = "cdtfw0"
+FIREWALL_HOST_IP = "10.253.0.2"
+FIREWALL_PEER_IP = "10.253.0.1"
+FIREWALL_PREFIX_LENGTH = 30
+ORACLE_RULES = [  # SSH in, the rest rejected
+    "INPUT -m state --state RELATED,ESTABLISHED -j ACCEPT",
+    "INPUT -i lo -j ACCEPT",
+    "INPUT -p tcp -m state --state NEW -m tcp --dport 22 -j ACCEPT",
+    "INPUT -j REJECT --reject-with icmp-host-prohibited",
+    "FORWARD -j REJECT --reject-with icmp-host-prohibited",
+]
+CLOSED_PORT = 8080  # in no role's list
+CONNECT_TIMEOUT_S = 2.0
+LISTEN_TIMEOUT_S = 10.0
 JOIN_ARGS = ["10.0.0.10:6443", "--token", "abcdef.0123456789abcdef", "--discovery-token-ca-cert-hash", "sha256:00"]
 
 
@@ -94,6 +115,79 @@ def test_firewall_rules_go_ahead_of_oracles_reject_rules_and_forward_the_pod_net
     assert rules and all(c.startswith("iptables -I ") for c in rules)
     assert "iptables -I FORWARD -s 10.244.0.0/16 -j ACCEPT" in rules
     assert "iptables -I FORWARD -d 10.244.0.0/16 -j ACCEPT" in rules
+
+
+@contextlib.contextmanager
+def oracle_host() -> Iterator[list[str]]:
+    """A host with Oracle's INPUT/FORWARD REJECT rules, reached over a veth; yields the prefix that runs a command
+    on it."""
+    on_host = ["ip", "netns", "exec", FIREWALL_HOST]
+    subprocess.run(["ip", "netns", "add", FIREWALL_HOST], check=True)
+    try:
+        subprocess.run(["ip", "link", "add", FIREWALL_VETH, "type", "veth", "peer", "name", "eth0", "netns",
+                        FIREWALL_HOST], check=True)
+        subprocess.run(["ip", "addr", "add", f"{FIREWALL_PEER_IP}/{FIREWALL_PREFIX_LENGTH}", "dev", FIREWALL_VETH],
+                       check=True)
+        subprocess.run(["ip", "link", "set", FIREWALL_VETH, "up"], check=True)
+        for command in (["ip", "addr", "add", f"{FIREWALL_HOST_IP}/{FIREWALL_PREFIX_LENGTH}", "dev", "eth0"],
+                        ["ip", "link", "set", "eth0", "up"], ["ip", "link", "set", "lo", "up"],
+                        *(["iptables", "-A", *rule.split()] for rule in ORACLE_RULES)):
+            subprocess.run([*on_host, *command], check=True)
+        yield on_host
+    finally:
+        subprocess.run(["ip", "link", "delete", FIREWALL_VETH], check=False, capture_output=True)  # both of its ends
+        subprocess.run(["ip", "netns", "delete", FIREWALL_HOST], check=False)
+
+
+@contextlib.contextmanager
+def listening(on_host: list[str], ports: list[int]) -> Iterator[None]:
+    servers = [subprocess.Popen([*on_host, sys.executable, "-m", "http.server", str(port), "--bind", FIREWALL_HOST_IP],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports]
+    try:
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while not all(f":{port} " in subprocess.run([*on_host, "ss", "-Hltn"], capture_output=True, text=True).stdout
+                      for port in ports):
+            assert time.monotonic() < deadline, f"nothing listens on {ports}"
+            time.sleep(0.05)
+        yield
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+
+
+def reachable(port: int) -> bool:
+    try:
+        socket.create_connection((FIREWALL_HOST_IP, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("role", "open_ports"), [("controller", [6443, 30500]), ("worker", [10250, 30500])])
+def test_the_firewall_step_lets_the_roles_ports_through_oracles_reject_rules(role: str, open_ports: list[int],
+                                                                              tmp_path: Path) -> None:
+    """node-setup's firewall for real on a host with Oracle's rules: the role's ports are let in ahead of the REJECT
+    rules, the rest stays rejected, a second run changes nothing, and the rules are saved."""
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    saved = tmp_path / "saved"
+    (stand_ins / "netfilter-persistent").write_text(f'#!/bin/sh\necho "$@" >>{saved}\n')
+    (stand_ins / "netfilter-persistent").chmod(0o755)
+    setup = ["env", f"PATH={stand_ins}:{os.environ['PATH']}", str(CLUSTER / "node-setup"), role, "firewall"]
+    with oracle_host() as on_host, listening(on_host, [*open_ports, CLOSED_PORT]):
+        assert not any(reachable(port) for port in [*open_ports, CLOSED_PORT])  # Oracle's rules hold at first
+        rules = []
+        for _ in range(2):
+            subprocess.run([*on_host, *setup], check=True, capture_output=True)
+            rules.append(subprocess.run([*on_host, "iptables", "-S"], capture_output=True, text=True,
+                                        check=True).stdout)
+        assert all(reachable(port) for port in open_ports) and not reachable(CLOSED_PORT)
+    assert rules[0] == rules[1]
+    forward = [line for line in rules[0].splitlines() if line.startswith("-A FORWARD")]
+    assert forward[-1].endswith("REJECT --reject-with icmp-host-prohibited") and len(forward) == 3
+    assert saved.read_text().split() == ["save", "save"]
 
 
 def test_kubernetes_version_is_one_variable_on_a_supported_minor() -> None:
