@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import zipfile
@@ -11,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from clouddetect.cli import main
-from clouddetect.lab.bundle import Submission, write_bundle
+from clouddetect.lab.bundle import BundleError, Submission, write_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_URL = "http://203.0.113.7:30500"
@@ -61,20 +62,34 @@ def test_zip_holds_dockerfile_source_yamls_locust_and_lab_scripts_and_the_report
     assert mode & stat.S_IXUSR  # scripts stay executable
 
 
+def exported(tmp_path: Path) -> Path:
+    """This checkout's committed files in a folder of their own."""
+    folder = tmp_path / "checkout"
+    folder.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
 def test_a_checkout_ships_only_what_git_tracks(tmp_path: Path, report_pdf: Path) -> None:
-    checkout = tmp_path / "checkout"
-    checkout.mkdir()
-    exported = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(checkout)], input=exported, check=True)
+    checkout = exported(tmp_path)
     git = ["git", "-C", str(checkout), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    alone = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}  # no one's hooks or signing
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the checkout"]):
-        subprocess.run([*git, *command], check=True)
+        subprocess.run([*git, *command], check=True, env=alone)
     strays = ["src/clouddetect/lab/api-key.env", "deploy/k8s/base/local-patch.yaml"]
     for stray in strays:
         (checkout / stray).write_text("never in the zip\n")
     names = write_bundle(checkout, Submission(SERVICE_URL, None, report_pdf), tmp_path / "submission.zip")
     assert "src/clouddetect/lab/cli.py" in names and "deploy/k8s/base/deployment.yaml" in names
     assert not set(strays) & set(names)
+
+
+def test_a_checkout_git_cannot_read_is_refused_rather_than_bundled_whole(tmp_path: Path, report_pdf: Path) -> None:
+    checkout = exported(tmp_path)
+    (checkout / ".git").write_text("gitdir: /nonexistent\n")  # a broken checkout: git cannot list its files
+    with pytest.raises(BundleError, match="git cannot list its files"):
+        write_bundle(checkout, Submission(SERVICE_URL, None, report_pdf), tmp_path / "submission.zip")
 
 
 def test_readme_names_the_service_endpoint_and_the_video(tmp_path: Path, report_pdf: Path) -> None:

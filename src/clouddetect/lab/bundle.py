@@ -85,15 +85,15 @@ def _included(path: Path) -> bool:
 
 
 def tracked_files(root: Path) -> set[str] | None:
-    """The files git tracks in ``root``, or None where ``root`` is not the top of a git checkout."""
-    try:
-        top = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        if Path(top).resolve() != root.resolve():
-            return None
-        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    """The files git tracks in ``root``, or None where ``root`` is no git checkout (an unpacked source archive)."""
+    if not (root / ".git").exists():
         return None
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.decode().strip() if isinstance(exc, subprocess.CalledProcessError) else str(exc)
+        raise BundleError(f"{root} is a git checkout, but git cannot list its files ({detail}); "
+                          "fix that rather than bundle files git does not track") from None
     return set(listed.decode().split("\0")) - {""}
 
 
