@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -295,7 +296,8 @@ def test_the_recipe_loads_the_image_into_every_nodes_containerd(cluster: Cluster
         on_node(node, f"ctr --namespace {CONTAINERD_NAMESPACE} images rm docker.io/library/{app_image} || true")
         assert containerd_image_id(node, app_image) is None
     targets = " ".join(["local", *(f"root@{worker}" for worker in workers)])
-    on_node(controller, f"PATH={stand_ins}:$PATH {LOAD_IMAGE} --image {app_image} {targets}", IMAGE_BUILD_TIMEOUT_S)
+    on_node(controller, f"PATH={shlex.quote(str(stand_ins))}:$PATH {shlex.quote(str(LOAD_IMAGE))} --image "
+                        f"{shlex.quote(app_image)} {targets}", IMAGE_BUILD_TIMEOUT_S)
     built = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", app_image], capture_output=True,
                            text=True, check=True).stdout.strip()
     assert {node: containerd_image_id(node, app_image) for node in nodes} == dict.fromkeys(nodes, built)

@@ -122,6 +122,7 @@ def oracle_host() -> Iterator[list[str]]:
     """A host with Oracle's INPUT/FORWARD REJECT rules, reached over a veth; yields the prefix that runs a command
     on it."""
     on_host = ["ip", "netns", "exec", FIREWALL_HOST]
+    remove_firewall_host()  # what a run that was killed left
     subprocess.run(["ip", "netns", "add", FIREWALL_HOST], check=True)
     try:
         subprocess.run(["ip", "link", "add", FIREWALL_VETH, "type", "veth", "peer", "name", "eth0", "netns",
@@ -135,8 +136,12 @@ def oracle_host() -> Iterator[list[str]]:
             subprocess.run([*on_host, *command], check=True)
         yield on_host
     finally:
-        subprocess.run(["ip", "link", "delete", FIREWALL_VETH], check=False, capture_output=True)  # both of its ends
-        subprocess.run(["ip", "netns", "delete", FIREWALL_HOST], check=False)
+        remove_firewall_host()
+
+
+def remove_firewall_host() -> None:
+    subprocess.run(["ip", "link", "delete", FIREWALL_VETH], check=False, capture_output=True)  # both of its ends
+    subprocess.run(["ip", "netns", "delete", FIREWALL_HOST], check=False, capture_output=True)
 
 
 @contextlib.contextmanager
@@ -180,7 +185,8 @@ def test_the_firewall_step_lets_the_roles_ports_through_oracles_reject_rules(rol
         assert not any(reachable(port) for port in [*open_ports, CLOSED_PORT])  # Oracle's rules hold at first
         rules = []
         for _ in range(2):
-            subprocess.run([*on_host, *setup], check=True, capture_output=True)
+            done = subprocess.run([*on_host, *setup], capture_output=True, text=True, check=False)
+            assert done.returncode == 0, done.stdout + done.stderr
             rules.append(subprocess.run([*on_host, "iptables", "-S"], capture_output=True, text=True,
                                         check=True).stdout)
         assert all(reachable(port) for port in open_ports) and not reachable(CLOSED_PORT)
