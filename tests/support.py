@@ -69,6 +69,17 @@ def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) 
                 process.wait()
 
 
+def stand_in_commands(tmp_path: Path, scripts: dict[str, str]) -> Path:
+    """A folder of executable scripts by name, to put first on PATH where a command this machine lacks (ssh to a
+    VM, sudo as root) is run by the script under test; returns the folder."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, script in scripts.items():
+        (folder / name).write_text(script)
+        (folder / name).chmod(0o755)
+    return folder
+
+
 APT_LOCK_TIMEOUT_S = 600
 
 

@@ -36,7 +36,7 @@ from slow_attack import assert_honest_answered_and_slow_cut_off, attack, body_de
 from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.config import Settings
 from clouddetect.lab.results import Experiment
-from support import apt_install, request_body
+from support import apt_install, request_body, stand_in_commands
 
 pytestmark = pytest.mark.cluster
 
@@ -142,6 +142,10 @@ class Cluster:
         return sorted(name for name, node in self.nodes().items()
                       if not any(t["key"] == CONTROL_PLANE_TAINT for t in node["spec"].get("taints") or []))
 
+    def controller(self) -> str:
+        workers = self.workers()
+        return next(name for name in self.nodes() if name not in workers)
+
 
 @dataclass(frozen=True)
 class Deployed:
@@ -232,7 +236,7 @@ def deployed(cluster: Cluster, app_image: str) -> Iterator[Deployed]:
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == app_image
     namespace = deployment["metadata"].get("namespace", "default")
     selector = ",".join(f"{k}={v}" for k, v in sorted(deployment["spec"]["selector"]["matchLabels"].items()))
-    controller = next(name for name in cluster.nodes() if name not in cluster.workers())
+    controller = cluster.controller()
     url = f"http://{cluster.addresses()[controller]}:{service['spec']['ports'][0]['nodePort']}"
     cluster.kubectl("apply", "-k", str(BASE))
     target = Deployed(cluster, namespace, deployment["metadata"]["name"], selector, url)
@@ -284,13 +288,8 @@ def test_the_recipe_loads_the_image_into_every_nodes_containerd(cluster: Cluster
     """deploy/cluster/load-image for real, run on the controller as on the VMs: ``docker save`` from its Docker
     engine, ``ctr import`` into each node's containerd, which the kubelet uses from 1.24 on (this cluster's 1.20
     kubelets still take images from Docker, so the pods do not show it)."""
-    workers = cluster.workers()
-    controller = next(name for name in cluster.nodes() if name not in workers)
-    stand_ins = tmp_path / "bin"
-    stand_ins.mkdir()
-    for name, script in (("ssh", SSH_STAND_IN), ("sudo", SUDO_STAND_IN)):
-        (stand_ins / name).write_text(script)
-        (stand_ins / name).chmod(0o755)
+    workers, controller = cluster.workers(), cluster.controller()
+    stand_ins = stand_in_commands(tmp_path, {"ssh": SSH_STAND_IN, "sudo": SUDO_STAND_IN})
     nodes = [controller, *workers]
     for node in nodes:
         on_node(node, f"ctr --namespace {CONTAINERD_NAMESPACE} images rm docker.io/library/{app_image} || true")

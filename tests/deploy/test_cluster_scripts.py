@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support import stand_in_commands
+
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "deploy" / "cluster"
 NODE_ROLE_SCRIPTS = ["node-setup", "controller-init", "worker-join", "load-image", "deploy", "tour"]
@@ -175,11 +177,8 @@ def test_the_firewall_step_lets_the_roles_ports_through_oracles_reject_rules(rol
                                                                               tmp_path: Path) -> None:
     """node-setup's firewall for real on a host with Oracle's rules: the role's ports are let in ahead of the REJECT
     rules, the rest stays rejected, a second run changes nothing, and the rules are saved."""
-    stand_ins = tmp_path / "bin"
-    stand_ins.mkdir()
     saved = tmp_path / "saved"
-    (stand_ins / "netfilter-persistent").write_text(f'#!/bin/sh\necho "$@" >>{saved}\n')
-    (stand_ins / "netfilter-persistent").chmod(0o755)
+    stand_ins = stand_in_commands(tmp_path, {"netfilter-persistent": f'#!/bin/sh\necho "$@" >>{saved}\n'})
     setup = ["env", f"PATH={stand_ins}:{os.environ['PATH']}", str(CLUSTER / "node-setup"), role, "firewall"]
     with oracle_host() as on_host, listening(on_host, [*open_ports, CLOSED_PORT]):
         assert not any(reachable(port) for port in [*open_ports, CLOSED_PORT])  # Oracle's rules hold at first
