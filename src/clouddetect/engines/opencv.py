@@ -1,4 +1,4 @@
-"""OpenCV's DNN module on the Darknet files: the reference engine, and the default."""
+"""OpenCV's DNN module on the Darknet files: the reference engine, which every other must match."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 import cv2
 import numpy as np
 
+from clouddetect.cgroup_limits import memory_limit_bytes
 from clouddetect.config import Settings
 from clouddetect.engines import EngineInfo
-from clouddetect.memory_limit import memory_limit_bytes
 from clouddetect.model_store import ModelFiles
 
 log = logging.getLogger("clouddetect.engines.opencv")

@@ -1,0 +1,122 @@
+"""The limits this process really lives under: the smallest memory limit and CPU quota on its own cgroup's path.
+
+A pod's limits sit on its container's cgroup, but a systemd unit's ``MemoryMax=``, a ``systemd-run`` scope or any
+cgroup made below the root puts them on a cgroup that is neither the root nor the process's own, and a parent's limit
+binds every child however lax the child's. So, as the JVM and Go's runtime do, this process's cgroup is read from
+``/proc/self/cgroup`` (v1: a line per hierarchy; v2: ``0::PATH``), each hierarchy's mount point from
+``/proc/self/mountinfo``, and every cgroup from the process's own up to the mount's root is read: the smallest limit
+wins. Settings that trade memory for speed (``winograd`` auto, the engine trial) are chosen from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+PROC_SELF = Path("/proc/self")
+V1_MEMORY_LIMIT = "memory.limit_in_bytes"  # a number near 2**63 when unlimited
+V2_MEMORY_LIMIT = "memory.max"  # "max" when unlimited
+V1_CPU_QUOTA, V1_CPU_PERIOD = "cpu.cfs_quota_us", "cpu.cfs_period_us"  # quota -1 when unlimited
+V2_CPU_MAX = "cpu.max"  # "QUOTA PERIOD", QUOTA "max" when unlimited
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One cgroup hierarchy as this process sees it: where it is mounted and which cgroup holds the process."""
+
+    version: int
+    controllers: frozenset[str]
+    mount_root: PurePosixPath  # the cgroup shown at the mount point (not "/" inside some containers)
+    mount_point: Path
+    path: PurePosixPath  # this process's cgroup in the hierarchy
+
+    def lineage(self) -> list[Path]:
+        """The directories of the process's cgroup and of each ancestor visible under the mount point."""
+        try:
+            relative = self.path.relative_to(self.mount_root)
+        except ValueError:  # a cgroup namespace shows the process outside the mounted root: only the root is known
+            relative = PurePosixPath()
+        directory = self.mount_point / relative
+        return [directory, *[p for p in directory.parents if p.is_relative_to(self.mount_point)]]
+
+
+def hierarchies(proc_self: Path = PROC_SELF) -> list[Hierarchy]:
+    """Every cgroup hierarchy this process belongs to that is mounted where it can read it."""
+    mounts = _cgroup_mounts((proc_self / "mountinfo").read_text())
+    found = []
+    for line in (proc_self / "cgroup").read_text().splitlines():
+        hierarchy_id, controllers, path = line.split(":", 2)
+        version = 2 if hierarchy_id == "0" and not controllers else 1
+        wanted = frozenset(c.removeprefix("name=") for c in controllers.split(",") if c)
+        for mount_version, mount_controllers, root, point in mounts:
+            if mount_version == version and (version == 2 or wanted <= mount_controllers):
+                found.append(Hierarchy(version, wanted, PurePosixPath(root), Path(point), PurePosixPath(path)))
+                break
+    return found
+
+
+def _cgroup_mounts(mountinfo: str) -> list[tuple[int, frozenset[str], str, str]]:
+    """(version, controllers, root, mount point) of each cgroup mount in a mountinfo text (proc(5) gives its fields)."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        before, _, after = line.partition(" - ")
+        fields, (fstype, _source, options) = before.split(), after.split()[:3]
+        if fstype in ("cgroup", "cgroup2"):
+            controllers = frozenset(o.removeprefix("name=") for o in options.split(",")) - {"rw", "ro"}
+            mounts.append((1 if fstype == "cgroup" else 2, controllers, _unescape(fields[3]), _unescape(fields[4])))
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline or backslash in a path as an octal escape."""
+    for escaped, plain in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escaped, plain)
+    return field
+
+
+def _controller_dirs(controller: str, proc_self: Path) -> list[Path]:
+    """The cgroup directories that may hold ``controller``'s limits for this process: its v1 hierarchy, and v2."""
+    dirs: list[Path] = []
+    for hierarchy in hierarchies(proc_self):
+        if hierarchy.version == 2 or controller in hierarchy.controllers:
+            dirs.extend(hierarchy.lineage())
+    return dirs
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (FileNotFoundError, PermissionError):
+        return None
+
+
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_limit_bytes(proc_self: Path = PROC_SELF) -> int:
+    """The smallest memory limit on this process's cgroup path, or the machine's memory when that is smaller or
+    there is none (v1's "unlimited" is a huge number, which the machine's memory caps too)."""
+    limits = [physical_memory_bytes()]
+    for directory in _controller_dirs("memory", proc_self):
+        for name in (V1_MEMORY_LIMIT, V2_MEMORY_LIMIT):
+            raw = _read(directory / name)
+            if raw is not None and raw != "max":
+                limits.append(int(raw))
+    return min(limits)
+
+
+def cpu_limit_cores(proc_self: Path = PROC_SELF) -> float | None:
+    """The smallest CFS quota on this process's cgroup path, in cores (0.5 for a pod's ``cpu: 500m``); None when
+    no cgroup on the path has one."""
+    quotas = []
+    for directory in _controller_dirs("cpu", proc_self):
+        v1_quota, v1_period = _read(directory / V1_CPU_QUOTA), _read(directory / V1_CPU_PERIOD)
+        if v1_quota is not None and v1_period is not None and int(v1_quota) > 0:
+            quotas.append(int(v1_quota) / int(v1_period))
+        v2 = _read(directory / V2_CPU_MAX)
+        if v2 is not None and not v2.startswith("max"):
+            quota, period = v2.split()
+            quotas.append(int(quota) / int(period))
+    return min(quotas, default=None)
