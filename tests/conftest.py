@@ -48,14 +48,16 @@ def model_files(settings: Settings) -> ModelFiles:
 
 @pytest.fixture(scope="session")
 def detector(model_files: ModelFiles, settings: Settings) -> Detector:
-    warm = Detector(model_files, settings)
+    """The reference: OpenCV's DNN on the Darknet files, whatever engine the default would choose."""
+    warm = Detector(model_files, dataclasses.replace(settings, engine="opencv"))
     warm.warm_up()
     return warm
 
 
 @pytest.fixture(scope="session")
 def converted_model(model_files: ModelFiles) -> Path:
-    """The ONNX graph beside the Darknet files, converted (and checked) here if ``make setup`` has not yet."""
+    """OpenVINO's IR beside the Darknet files (the ONNX graph on the way), converted and checked here if
+    ``make setup`` has not yet."""
     from clouddetect.darknet_onnx import convert
 
     return convert(model_files)

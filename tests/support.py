@@ -13,10 +13,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clouddetect.client import wait_ready
 
 SERVER_START_TIMEOUT_S = 60.0
+# Every exact engine gives the reference's labels and rectangles; their accuracies differ in the last float digits.
+ACCURACY_TOLERANCE = 1e-4
+
+
+def assert_same_objects(got: list[dict[str, Any]], expected: list[dict[str, Any]], what: object = "") -> None:
+    """An answer's objects as the reference's (OpenCV on the Darknet files): same labels and rectangles in the same
+    order, each accuracy within ``ACCURACY_TOLERANCE``."""
+    assert _without_accuracy(got) == _without_accuracy(expected), what
+    for answer, reference in zip(got, expected, strict=True):
+        assert abs(answer["accuracy"] - reference["accuracy"]) <= ACCURACY_TOLERANCE, (what, answer, reference)
+
+
+def _without_accuracy(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in o.items() if k != "accuracy"} for o in objects]
 
 
 def request_body(path: Path, request_id: str | None = None) -> dict[str, str]:

@@ -57,7 +57,7 @@ def test_bad_values_are_refused_with_their_name(env: dict[str, str], fragment: s
 def test_engine_and_precision_are_checked() -> None:
     chosen = Settings.load(environ={"CLOUDDETECT_ENGINE": "openvino", "CLOUDDETECT_PRECISION": "bf16"})
     assert (chosen.engine, chosen.precision) == ("openvino", "bf16")
-    with pytest.raises(ValueError, match="engine must be one of opencv, openvino"):
+    with pytest.raises(ValueError, match="engine must be one of auto, opencv, openvino"):
         Settings.load(environ={"CLOUDDETECT_ENGINE": "tensorrt"})
     with pytest.raises(ValueError, match="precision must be one of f32, bf16"):
         Settings.load(environ={"CLOUDDETECT_ENGINE": "openvino", "CLOUDDETECT_PRECISION": "int8"})

@@ -10,7 +10,15 @@ import pytest
 
 from clouddetect.darknet import DarknetError
 from clouddetect.darknet_onnx import CHECK_TOLERANCE, check_against_opencv, convert, darknet_to_onnx
-from clouddetect.model_store import ModelError, ModelFiles, locate, locate_converted, record_path, sha256_of
+from clouddetect.model_store import (
+    ModelError,
+    ModelFiles,
+    locate,
+    locate_converted,
+    locate_ir,
+    record_path,
+    sha256_of,
+)
 
 
 @pytest.fixture
@@ -44,6 +52,19 @@ def test_tampered_conversion_is_refused_then_replaced(model_copy: ModelFiles) ->
         locate_converted(path, "convert it")
     convert(model_copy)
     assert locate_converted(path, "convert it") == path
+
+
+def test_the_ir_keeps_f32_weights_and_a_tampered_weights_file_is_refused(model_copy: ModelFiles) -> None:
+    graph = convert(model_copy)
+    assert (graph, model_copy.onnx.is_file()) == (model_copy.ir[0], True), "the IR is made from the checked ONNX"
+    weights = model_copy.ir[1]
+    assert weights.stat().st_size > 0.99 * model_copy.weights.stat().st_size, "f32, not halved to f16"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=f"{weights.name} does not match the SHA-256 recorded"):
+        locate_ir(model_copy)
+    assert convert(model_copy) == graph and locate_ir(model_copy) == graph
 
 
 def test_a_graph_of_other_weights_fails_the_check(tmp_path: Path, model_files: ModelFiles) -> None:

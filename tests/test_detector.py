@@ -96,7 +96,7 @@ def test_matches_plain_opencv_on_all_images(detector, reference_net, images) -> 
 
 @pytest.mark.parametrize("winograd", ["on", "off"])
 def test_matches_plain_opencv_with_winograd_on_and_off(model_files, settings, reference_net, images, winograd) -> None:
-    chosen = Detector(model_files, dataclasses.replace(settings, winograd=winograd))
+    chosen = Detector(model_files, dataclasses.replace(settings, engine="opencv", winograd=winograd))
     assert chosen.engine.winograd is (winograd == "on")
     assert check_images(chosen, reference_net, images[:WINOGRAD_SAMPLE_SIZE]) > 0
 

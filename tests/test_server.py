@@ -28,7 +28,7 @@ from clouddetect.codec import decode_image
 from clouddetect.contract import response_body
 from clouddetect.server import Stopping, hypercorn_config
 from clouddetect.slow_clients import first_bytes
-from support import LiveServer, free_port, live_server, request_body
+from support import LiveServer, assert_same_objects, free_port, live_server, request_body
 
 pytestmark = pytest.mark.slow
 CONCURRENT_CLIENTS = 64
@@ -61,7 +61,17 @@ def test_concurrent_answers_are_not_mixed(server, detector, images) -> None:
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["id"] == payload["id"]
-        assert body["objects"] == expected[path], path.name
+        assert_same_objects(body["objects"], expected[path], path.name)
+
+
+def test_the_default_service_says_which_engine_it_kept_and_why(server) -> None:
+    ready = requests.get(server.url + "/readyz", timeout=5).json()
+    assert ready["choice"].startswith("auto:") and ready["precision"] == "f32"
+    kept = [t for t in ready["trials"] if t["verdict"] == "kept"]
+    assert len(kept) == 1 and kept[0]["engine"].startswith(ready["engine"] + "/f32")
+    assert f"engine {kept[0]['engine']} (auto:" in server.log()
+    for trial in ready["trials"]:
+        assert f"engine trial: {trial['engine']} {trial['cpu_ms_per_forward']} CPU ms per forward" in server.log()
 
 
 def test_head_requests_are_answered_without_a_body(server) -> None:
@@ -306,11 +316,11 @@ def test_openvino_service_says_its_engine_and_answers_as_opencv(tmp_path, conver
     with live_server(tmp_path, "--engine", "openvino") as running:
         ready = requests.get(running.url + "/readyz", timeout=5).json()
         assert (ready["engine"], ready["precision"]) == ("openvino", "f32")
-        assert "engine openvino, precision f32" in running.log()
+        assert "engine openvino/f32 (set)" in running.log()
         for path in images[:4]:
             answer = post(running.url, request_body(path, path.name)).json()
             expected = response_body(path.name, detector.detect(decode_image(path.read_bytes())))
-            assert [o["rectangle"] for o in answer["objects"]] == [o["rectangle"] for o in expected["objects"]]
+            assert_same_objects(answer["objects"], expected["objects"], path.name)
 
 
 def test_serving_openvino_without_the_converted_model_fails_fast_saying_what_to_run(tmp_path, model_files) -> None:

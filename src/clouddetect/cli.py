@@ -18,7 +18,7 @@ from clouddetect.contract import response_body
 from clouddetect.engines import EngineError
 from clouddetect.errors import ClientError
 from clouddetect.lab.cli import lab
-from clouddetect.model_store import ModelError, ModelFiles, fetch, locate, record_path
+from clouddetect.model_store import ONNX, ModelError, ModelFiles, fetch, locate
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
 DETECTION_SETTINGS = (
@@ -109,19 +109,19 @@ def model_fetch(source: str | None, **overrides: Any) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"model files verified in {files.cfg.parent}")
     try:
-        convert_to_onnx(files)
+        convert_model(files)
     except ImportError as exc:
-        click.echo(f"not converted to ONNX: the {exc.name} package is missing; only the openvino engine needs it "
+        click.echo(f"not converted for OpenVINO: the {exc.name} package is missing; only the openvino engine needs it "
                    "(pip install 'clouddetect[openvino]', then `clouddetect model convert`)")
 
 
 @model.command("convert")
 @settings_options(("model_dir",))
 def model_convert(**overrides: Any) -> None:
-    """Convert the Darknet files to ONNX for the openvino engine, checked against OpenCV's outputs first."""
+    """Convert the Darknet files to ONNX, then OpenVINO's IR, for the openvino engine; each checked against OpenCV."""
     settings = load_settings(overrides)
     try:
-        convert_to_onnx(locate(settings.model_dir))
+        convert_model(locate(settings.model_dir))
     except ImportError as exc:
         raise click.ClickException(
             f"converting needs the {exc.name} package: pip install 'clouddetect[openvino]'"
@@ -130,15 +130,16 @@ def model_convert(**overrides: Any) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def convert_to_onnx(files: ModelFiles) -> None:
+def convert_model(files: ModelFiles) -> None:
     from clouddetect.darknet_onnx import convert  # needs the openvino extra
 
     try:
         path = convert(files)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{path.name} in place: converted from the Darknet files, checked against OpenCV's outputs, SHA-256 "
-               f"recorded in {record_path(path).name}")
+    click.echo(f"{ONNX} and OpenVINO's IR of it ({path.name}, {path.with_suffix('.bin').name}) in place: "
+               "converted from the Darknet files, each checked against OpenCV's outputs, its SHA-256 recorded beside "
+               "it (.sha256)")
 
 
 @main.command("client")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "CLOUDDETECT_"
-ENGINES = ("opencv", "openvino")
+ENGINES = ("auto", "opencv", "openvino")
 PRECISIONS = ("f32", "bf16")
 WINOGRAD_CHOICES = ("auto", "on", "off")
 # Earlier boolean values of ``winograd``, still accepted.
@@ -75,7 +75,14 @@ class Settings:
         " its 501 MiB peak stays under 80% of it (501 / 0.8 = 626, rounded up to 640 MiB)."
     )
     # The inference engine (see clouddetect.engines); openvino needs clouddetect[openvino] and `model convert`.
-    engine: str = _setting("opencv", "Inference engine: opencv (the Darknet files) or openvino (~2.5x faster).")
+    engine: str = _setting(
+        "auto", "Inference engine: auto (times the exact engines installed as the worker starts and keeps the fastest"
+        " whose memory fits), opencv (the Darknet files, the reference) or openvino (the converted graph)."
+    )
+    engine_trial_forwards: int = _setting(3, "Forward passes auto times each engine on (after one untimed pass).")
+    engine_memory_fraction: float = _setting(
+        0.8, "Share of the memory limit auto lets an engine, the process and the waiting requests' images take."
+    )
     precision: str = _setting(
         "f32", "Arithmetic of the openvino engine: f32 (OpenCV's answers) or bf16 (faster, answers move slightly)."
     )
@@ -116,7 +123,8 @@ class Settings:
                      "inference_threads",
                      "input_size_px", "max_waiting_requests", "max_waiting_body_bytes", "malloc_arenas",
                      "decode_slots", "max_body_bytes", "max_image_pixels", "min_body_rate_bytes_per_s",
-                     "max_header_bytes", "max_receiving_body_bytes", "winograd_min_memory_bytes"):
+                     "max_header_bytes", "max_receiving_body_bytes", "winograd_min_memory_bytes",
+                     "engine_trial_forwards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("header_timeout_s", "body_timeout_s", "send_timeout_s", "keepalive_s", "graceful_timeout_s"):
@@ -127,7 +135,7 @@ class Settings:
                 raise ValueError(f"{name} must be at least max_body_bytes")
         if not 1024 < self.port < 65536:
             raise ValueError("port must be above 1024 and below 65536")
-        for name in ("confidence_threshold", "nms_threshold"):
+        for name in ("confidence_threshold", "nms_threshold", "engine_memory_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
         winograd = str(self.winograd).strip().lower()
@@ -138,8 +146,8 @@ class Settings:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
-        if self.engine == "opencv" and self.precision != "f32":
-            raise ValueError(f"precision {self.precision} needs engine openvino; opencv runs f32 only")
+        if self.engine != "openvino" and self.precision != "f32":
+            raise ValueError(f"precision {self.precision} needs engine openvino; {self.engine} runs f32 only")
         object.__setattr__(self, "model_dir", Path(self.model_dir))
 
 

@@ -7,11 +7,13 @@ it, ``(x - mean) / (sqrt(var) + 1e-6) * scale + bias``: the epsilon sits outside
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
+import openvino as ov
 from onnx import TensorProto, helper, numpy_helper
 
 from clouddetect.config import Settings
@@ -23,7 +25,9 @@ from clouddetect.model_store import (
     ModelFiles,
     install_atomically,
     locate_converted,
+    locate_ir,
     record_sha256,
+    sha256_of,
 )
 
 DARKNET_BN_EPSILON = 1e-6
@@ -156,8 +160,13 @@ def darknet_to_onnx(cfg: Path, weights_path: Path) -> onnx.ModelProto:
 
 
 def convert(files: ModelFiles) -> Path:
-    """The ONNX graph beside the Darknet files: built, checked against OpenCV, renamed into place and its SHA-256
-    recorded. One already there that matches its record is kept."""
+    """The ONNX graph, then OpenVINO's IR of it, beside the Darknet files; returns the IR's graph, what the openvino
+    engine reads. Each is checked against OpenCV before it is renamed into place with its SHA-256 recorded; one
+    already there that matches its record is kept."""
+    return _convert_ir(files, _convert_onnx(files))
+
+
+def _convert_onnx(files: ModelFiles) -> Path:
     try:
         return locate_converted(files.onnx, CONVERT_HINT)
     except ModelError:
@@ -167,6 +176,25 @@ def convert(files: ModelFiles) -> Path:
                                 lambda partial: check_against_opencv(partial, files))
     record_sha256(files.onnx, digest)
     return files.onnx
+
+
+def _convert_ir(files: ModelFiles, onnx_path: Path) -> Path:
+    """The IR keeps the weights in f32 (OpenVINO's default would halve them to f16, and answers would move)."""
+    try:
+        return locate_ir(files)
+    except ModelError:
+        pass
+    graph, weights = files.ir
+    with tempfile.TemporaryDirectory(dir=graph.parent, prefix=".ir.") as folder:
+        partial = Path(folder) / graph.name
+        ov.save_model(ov.Core().read_model(onnx_path), partial, compress_to_fp16=False)
+        check_against_opencv(partial, files)
+        for made, target in ((partial.with_suffix(".bin"), weights), (partial, graph)):
+            with made.open("rb") as stream:
+                digest = sha256_of(stream)
+            made.replace(target)
+            record_sha256(target, digest)
+    return graph
 
 
 def check_against_opencv(onnx_path: Path, files: ModelFiles, samples: int = CHECK_SAMPLES) -> float:

@@ -25,8 +25,11 @@ from typing import IO
 CFG = "yolov3-tiny.cfg"
 WEIGHTS = "yolov3-tiny.weights"
 NAMES = "coco.names"
-# Converted here from the cfg and weights (``clouddetect model convert``), never downloaded.
+# Converted here from the cfg and weights (``clouddetect model convert``), never downloaded: the ONNX graph, and
+# OpenVINO's own format (IR: the graph in .xml, the weights in .bin), which OpenVINO reads without its ONNX frontend.
 ONNX = "yolov3-tiny.onnx"
+IR_GRAPH = "yolov3-tiny.xml"
+IR_WEIGHTS = "yolov3-tiny.bin"
 
 SHA256 = {
     CFG: "4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
@@ -57,6 +60,11 @@ class ModelFiles:
     def onnx(self) -> Path:
         """The ONNX graph converted from cfg and weights, kept beside them."""
         return self.cfg.with_name(ONNX)
+
+    @property
+    def ir(self) -> tuple[Path, Path]:
+        """OpenVINO's IR of that graph (graph, weights), kept beside them: what the openvino engine reads."""
+        return self.cfg.with_name(IR_GRAPH), self.cfg.with_name(IR_WEIGHTS)
 
     def labels(self) -> list[str]:
         return [line.strip() for line in self.names.read_text().splitlines() if line.strip()]
@@ -207,6 +215,13 @@ def record_path(converted: Path) -> Path:
 def record_sha256(converted: Path, digest: str) -> None:
     record = f"{digest}  {converted.name}\n".encode()
     install_atomically(record_path(converted), lambda out: out.write(record), lambda _: None)
+
+
+def locate_ir(files: ModelFiles) -> Path:
+    """OpenVINO's IR of the converted graph, both its files intact; returns the graph's path, which names both."""
+    graph, weights = files.ir
+    locate_converted(weights, CONVERT_HINT)
+    return locate_converted(graph, CONVERT_HINT)
 
 
 def locate_converted(converted: Path, hint: str) -> Path:

@@ -42,7 +42,7 @@ from hypercorn.events import Closed, Event, RawData
 from clouddetect.api import create_app
 from clouddetect.config import Settings
 from clouddetect.detector import Detector
-from clouddetect.engines import EngineError, check_engine
+from clouddetect.engines import EngineError, check_engine, engine_label
 from clouddetect.errors import REFUSAL_ENVIRON_KEY, ClientError, Overloaded, RequestTimeout
 from clouddetect.model_store import locate
 
@@ -107,7 +107,7 @@ def build_app(settings: Settings) -> Flask:
         log.error("%s", exc)  # one clear line; the worker, and so the server, stops
         raise SystemExit(1) from None
     engine = detector.engine
-    log.info("engine %s, precision %s, CPU features %s, kernels %s", engine.engine, engine.precision,
+    log.info("engine %s (%s), CPU features %s, kernels %s", engine_label(engine), engine.choice,
              " ".join(engine.cpu_features), " ".join(engine.kernels) or "-")
     threading.Thread(target=_warm_up, args=(detector,), name="warm-up", daemon=True).start()
     return create_app(settings, detector)

@@ -2,7 +2,8 @@
 
 Everything before (resizing, the blob) and after (thresholds, suppression, box rounding) is the ``Detector``'s,
 shared by all engines, so their answers cannot drift apart. ``opencv`` runs the Darknet files with OpenCV's DNN
-module; ``openvino`` runs the ONNX graph converted from them (``clouddetect model convert``).
+module; ``openvino`` runs the graph converted from them (``clouddetect model convert``); ``auto``, the default,
+times both where the service runs and keeps the faster whose memory fits (``engines.trial``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from clouddetect.config import Settings
-from clouddetect.model_store import CONVERT_HINT, ModelFiles, locate_converted
+from clouddetect.model_store import ModelFiles, locate_ir
 
 OPENVINO_MISSING = "the openvino engine needs the {package} package: pip install 'clouddetect[openvino]'"
 
@@ -24,8 +25,18 @@ class EngineError(Exception):
 
 
 @dataclass(frozen=True)
+class Trial:
+    """One engine timed by ``engine=auto`` as the worker started, and what became of it."""
+
+    engine: str  # as ``engine_label`` names it
+    cpu_ms_per_forward: float | None  # None: it could not run here
+    footprint_mib: float | None  # resident memory it added, loaded and run
+    verdict: str  # kept, slower, over the memory budget, or unavailable: why
+
+
+@dataclass(frozen=True)
 class EngineInfo:
-    """What runs the forward pass, as the log and ``/readyz`` report it."""
+    """What runs the forward pass and why, as the log and ``/readyz`` report it."""
 
     engine: str
     precision: str
@@ -33,6 +44,14 @@ class EngineInfo:
     # The convolution kernels actually compiled (instruction set and arithmetic), where the engine tells them.
     kernels: tuple[str, ...] = ()
     winograd: bool = False  # OpenCV's Winograd convolutions run (opencv engine only)
+    choice: str = "set"  # how it was chosen: "set" by the engine setting, or auto's rule
+    trials: tuple[Trial, ...] = ()  # auto's timings, the kept engine's among them
+
+
+def engine_label(info: EngineInfo) -> str:
+    """An engine's name, precision and, for OpenCV, Winograd: "opencv/f32 Winograd off", "openvino/f32"."""
+    label = f"{info.engine}/{info.precision}"
+    return f"{label} Winograd {'on' if info.winograd else 'off'}" if info.engine == "opencv" else label
 
 
 class Engine(Protocol):
@@ -44,8 +63,12 @@ class Engine(Protocol):
 
 
 def create_engine(files: ModelFiles, settings: Settings) -> Engine:
+    if settings.engine == "auto":
+        from clouddetect.engines.trial import choose
+
+        return choose(files, settings)
     if settings.engine == "openvino":
-        return _openvino_module().OpenVinoEngine(files, settings, locate_converted(files.onnx, CONVERT_HINT))
+        return _openvino_module().OpenVinoEngine(files, settings, locate_ir(files))
     from clouddetect.engines.opencv import OpenCvEngine
 
     return OpenCvEngine(files, settings)
@@ -57,7 +80,7 @@ def check_engine(files: ModelFiles, settings: Settings) -> None:
     if settings.engine == "openvino":
         if importlib.util.find_spec("openvino") is None:
             raise EngineError(OPENVINO_MISSING.format(package="openvino"))
-        locate_converted(files.onnx, CONVERT_HINT)
+        locate_ir(files)
 
 
 def _openvino_module():  # noqa: ANN202 - the module, imported only when chosen
