@@ -4,9 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_FAST := -m "not slow and not docker and not cluster and not browser"
-# `make image ENGINE=openvino` builds the image with the openvino engine, tagged as its kustomize overlay expects.
-ENGINE ?= opencv
-IMAGE ?= clouddetect:$(if $(filter opencv,$(ENGINE)),latest,$(ENGINE))
+IMAGE ?= clouddetect:latest
 
 .PHONY: setup run test test-fast bench image lint dist clean
 
@@ -42,7 +40,7 @@ bench: setup
 image:
 	scripts/docker-engine
 	scripts/base-image
-	docker build --build-arg ENGINE=$(ENGINE) -t $(IMAGE) .
+	docker build -t $(IMAGE) .
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check src tests benchmarks

@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 OVERLAY_REPLICAS = {1, 2, 4, 8}
-ENGINE_OVERLAYS = {"openvino"}
 CPU = "500m"
 MEMORY = "512Mi"
 NODE_PORT_RANGE = range(30000, 32768)
@@ -110,7 +109,7 @@ def test_an_old_kubectl_is_refused_saying_why(version: dict[str, Any], usable: b
 def test_base_and_one_overlay_per_replica_count_exist() -> None:
     overlays = {p.name for p in KUSTOMIZATIONS if p.parent.name == "overlays"}
     assert K8S / "base" in KUSTOMIZATIONS
-    assert overlays == {f"replicas-{n}" for n in OVERLAY_REPLICAS} | ENGINE_OVERLAYS
+    assert overlays == {f"replicas-{n}" for n in OVERLAY_REPLICAS}
 
 
 @pytest.mark.parametrize("version", ["cluster", "latest"])
@@ -189,14 +188,3 @@ def test_overlays_set_their_replica_count(rendered: Rendered) -> None:
     name = rendered.folder.name
     expected = int(name.removeprefix("replicas-")) if name.startswith("replicas-") else 1
     assert by_kind(rendered.docs, "Deployment")["spec"]["replicas"] == expected
-
-
-def test_engine_overlay_changes_only_the_image_and_the_engine(kubectl: str) -> None:
-    base = yaml.safe_load_all(render(kubectl, K8S / "base"))
-    overlay = list(yaml.safe_load_all(render(kubectl, K8S / "overlays" / "openvino")))
-    spec = container(overlay)
-    env = {e["name"]: e.get("value") for e in spec["env"]}
-    assert spec["image"] == "clouddetect:openvino" and env["CLOUDDETECT_ENGINE"] == "openvino"
-    spec["image"] = "clouddetect:latest"
-    spec["env"] = [e for e in spec["env"] if e["name"] != "CLOUDDETECT_ENGINE"]
-    assert overlay == [doc for doc in base if doc]
