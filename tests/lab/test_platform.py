@@ -45,6 +45,12 @@ def test_exactly_the_wanted_pods_all_ready_and_none_terminating() -> None:
 
 def test_the_engine_is_what_the_service_reports_or_unknown() -> None:
     assert reported_engine({"status": "ready", "engine": "openvino"}) == "openvino"
+    assert reported_engine({"engine": "opencv", "precision": "f32", "winograd": False}) == "opencv/f32 Winograd off"
+    auto = {"engine": "openvino", "precision": "f32", "winograd": False, "trials": [
+        {"engine": "openvino/f32", "cpu_ms_per_forward": 61.0, "footprint_mib": 150.0, "verdict": "kept"},
+        {"engine": "opencv/f32 Winograd off", "cpu_ms_per_forward": 157.1, "footprint_mib": 90.0, "verdict": "slower"}]}
+    assert reported_engine(auto) == ("openvino/f32, chosen by timing (openvino/f32 61.0 CPU ms per forward: kept; "
+                                      "opencv/f32 Winograd off 157.1 CPU ms per forward: slower)")
     assert reported_engine({"status": "ready"}) is None
     assert reported_engine(["not", "an", "object"]) is None
 
@@ -62,4 +68,4 @@ def test_fixed_url_reads_its_one_instance(tmp_path: Path, images: list[Path]) ->
         with pytest.raises(PlatformError, match="cannot run 2"):
             platform.scale(2)
         readyz = requests.get(server.url + "/readyz", timeout=HTTP_TIMEOUT_S).json()
-        assert platform.describe() == {"pod_cpu": None, "pod_memory": None, "engine": readyz.get("engine")}
+        assert platform.describe() == {"pod_cpu": None, "pod_memory": None, "engine": reported_engine(readyz)}

@@ -68,9 +68,20 @@ def parse_metrics(text: str) -> PodMetrics:
 
 
 def reported_engine(readyz: Any) -> str | None:
-    """The engine a service names in its /readyz answer; None from a service that does not say."""
-    engine = readyz.get("engine") if isinstance(readyz, dict) else None
-    return engine if isinstance(engine, str) else None
+    """What a service says in its /readyz answer runs its forward pass, in one line: the engine, its precision and
+    Winograd where it says them, and the timings it chose by (``engine=auto``); None from a service that does not
+    say."""
+    if not isinstance(readyz, dict) or not isinstance(readyz.get("engine"), str):
+        return None
+    engine = readyz["engine"] + (f"/{readyz['precision']}" if isinstance(readyz.get("precision"), str) else "")
+    if readyz["engine"] == "opencv" and isinstance(readyz.get("winograd"), bool):
+        engine += f" Winograd {'on' if readyz['winograd'] else 'off'}"
+    trials = [t for t in readyz.get("trials") or [] if isinstance(t, dict)]
+    if not trials:
+        return engine
+    timings = "; ".join(f"{t.get('engine')} {t.get('cpu_ms_per_forward')} CPU ms per forward: {t.get('verdict')}"
+                        for t in trials)
+    return f"{engine}, chosen by timing ({timings})"
 
 
 def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float, waiting_for: str) -> T:
