@@ -54,25 +54,31 @@ def cpu_s_per_forward(engine: Engine, blob: np.ndarray, forwards: int) -> float:
 
 
 def candidates(files: ModelFiles, settings: Settings) -> list[tuple[str, Callable[[], Engine]]]:
-    """Every exact engine, with how to make it; one that cannot run here fails as it is made."""
+    """Every exact engine, with how to make it; one that cannot run here fails as it is made. The one most often
+    kept comes last, so it is usually still loaded when the timing ends."""
     from clouddetect.engines import create_engine
 
-    chosen = [("openvino", dataclasses.replace(settings, engine="openvino", precision="f32")),
-              ("opencv", dataclasses.replace(settings, engine="opencv", precision="f32"))]
+    chosen = [("opencv", dataclasses.replace(settings, engine="opencv", precision="f32")),
+              ("openvino", dataclasses.replace(settings, engine="openvino", precision="f32"))]
     return [(name, lambda s=s: create_engine(files, s)) for name, s in chosen]
 
 
 def choose(files: ModelFiles, settings: Settings) -> Engine:
-    """The fastest exact engine whose memory, with the waiting requests', stays within the budget. Only the best so
-    far is kept while the next is timed, so at most two engines are ever loaded."""
+    """The fastest exact engine whose memory, with the waiting requests', stays within the budget. One engine is
+    loaded at a time, so timing them needs no more memory than the largest; the kept one is made again only when it
+    is not the last one timed."""
     limit = memory_limit_bytes()
     budget = settings.engine_memory_fraction * limit - waiting_reserve_bytes(settings)
     side = settings.input_size_px
     blob = np.random.default_rng(TRIAL_SEED).random((1, 3, side, side), dtype=np.float32)
     baseline = resident_bytes()
-    best: tuple[float, Engine, int] | None = None
+    makers = candidates(files, settings)
+    best: tuple[float, int] | None = None  # CPU seconds per forward, index in makers and trials
     trials: list[Trial] = []
-    for name, make in candidates(files, settings):
+    engine: Engine | None = None
+    for name, make in makers:
+        engine = None  # the engine timed before is freed before the next is made
+        _release_freed_memory()
         before = resident_bytes()
         try:
             engine = make()
@@ -85,13 +91,15 @@ def choose(files: ModelFiles, settings: Settings) -> Engine:
         trials.append(Trial(engine_label(engine.info), round(cpu_s * 1000, 1), round(footprint / MIB, 1),
                             "slower" if fits else "over the memory budget"))
         if fits and (best is None or cpu_s < best[0]):
-            best = (cpu_s, engine, len(trials) - 1)
-        del engine  # a loser is freed here, a former best as soon as it is replaced
+            best = (cpu_s, len(trials) - 1)
     if best is None:
         raise EngineError("no engine fits: " + "; ".join(f"{t.engine} {t.verdict}" for t in trials))
-    _, engine, index = best
+    index = best[1]
     trials[index] = dataclasses.replace(trials[index], verdict="kept")
-    _release_freed_memory()
+    if engine is None or index != len(makers) - 1:
+        engine = None
+        _release_freed_memory()
+        engine = makers[index][1]()
     reserve_mib = waiting_reserve_bytes(settings) // MIB
     choice = (f"auto: fastest of the exact engines in CPU time per forward, memory within "
               f"{settings.engine_memory_fraction:.0%} of {limit // MIB} MiB less {reserve_mib} MiB for waiting "
