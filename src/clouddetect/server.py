@@ -40,6 +40,7 @@ from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, Event, RawData
 
 from clouddetect.api import create_app
+from clouddetect.cgroup_limits import cpu_limit_cores, memory_limit_bytes
 from clouddetect.config import Settings
 from clouddetect.detector import Detector
 from clouddetect.engines import EngineError, check_engine, engine_label
@@ -101,6 +102,9 @@ def build_app(settings: Settings) -> Flask:
     """The app of one worker process: model loaded now, warmed up in the background."""
     configure_logging(settings.log_level)
     limit_malloc_arenas(settings.malloc_arenas)
+    cpus = cpu_limit_cores()
+    log.info("limits this process lives under: memory %d MiB, CPU %s", memory_limit_bytes() // (1024 * 1024),
+             "no quota" if cpus is None else f"{cpus:g} (CFS quota)")
     try:
         detector = Detector(locate(settings.model_dir), settings)
     except EngineError as exc:
