@@ -32,7 +32,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/service_vs_raw.py
-	$(BIN)/python benchmarks/memory_under_load.py --variants winograd=true,malloc_arenas=16
+	$(BIN)/python benchmarks/memory_under_load.py --variants engine=opencv,malloc_arenas=16
 	$(BIN)/python benchmarks/engines.py
 	$(BIN)/python benchmarks/slow_clients.py
 

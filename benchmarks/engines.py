@@ -1,12 +1,14 @@
-"""Each engine and precision this CPU runs, served under a pod's 0.5-CPU limit, against OpenCV in the same run.
+"""Each engine setting, and the default, served in a pod's limits, against OpenCV with Winograd off in the same run.
 
-Prints, per engine/precision: the service's images/s over HTTP (the whole folder, a concurrent client outside
-the limit), its ratio to opencv/f32 measured in the same repeat, and the serving worker's peak RSS. The configs
-alternate, ``--repeats`` times, so drift of a shared machine falls on all of them. On a busy machine the cgroup
-may not even get its quota, so the server's CPU time per image is printed too, and what a full quota would serve
-with it: that ratio moves much less with the neighbours' load. Then the agreement of each
-with its reference on the folder (openvino/f32 with opencv, bf16 with openvino/f32): detections matched (same
-label, IoU >= 0.5), their mean IoU, the change of accuracy, and the images whose answers differ.
+The limits are a pod's: a 0.5-CPU quota *and* a 512 MiB memory limit (the memory decides what the default may
+choose). Each config is served at the CPU's own instruction sets and again at AVX2 only (as CPUs without AVX-512
+run, OCI's E4.Flex among them), through ``clouddetect serve`` with a concurrent client outside the limits. Prints per
+config: images/s, the server's CPU ms per image (what a throttled machine sways least), its worker's peak RSS, each
+as a ratio to the baseline measured in the same repeat and at the same instruction sets, and for the default the
+engine it chose. The configs alternate, ``--repeats`` times, so drift of a shared machine falls on all of them.
+Then the agreement of each engine with its reference on the folder (openvino/f32 with OpenCV, bf16 with
+openvino/f32): detections matched (same label, IoU >= 0.5), their mean IoU, the change of accuracy, and the images
+whose answers differ.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import statistics
 import time
 from pathlib import Path
 
-from cpu_limit import CpuLimit, cpu_limit, limited_server
+import requests
+from pod_limit import AVX2_ONLY_ENV, PodLimit, limited_server, pod_limit
 from service_vs_raw import worker_peak_rss_mib
 
 from clouddetect.client import run as run_client
 from clouddetect.codec import decode_image
-from clouddetect.config import Settings
+from clouddetect.config import ENV_PREFIX, Settings
 from clouddetect.detector import Box, Detection, Detector
 from clouddetect.engines.openvino import cpu_capabilities
 from clouddetect.images import default_folder, image_files
@@ -31,16 +34,25 @@ from clouddetect.model_store import locate
 
 READY_TIMEOUT_S = 120.0
 CLIENT_TIMEOUT_S = 60.0
+WARM_UP_IMAGES = 16
 MATCH_IOU = 0.5
-REFERENCE = ("opencv", "f32")
+BASELINE = "opencv/f32 Winograd off"
+DEFAULT = "default (engine auto)"
+ISAS = {"native": {}, "AVX2 only": AVX2_ONLY_ENV}
 
 
-def configs() -> list[tuple[str, str]]:
-    """Every engine/precision this CPU runs natively, the reference first."""
-    found = [REFERENCE, ("openvino", "f32")]
+def configs() -> dict[str, dict[str, str]]:
+    """Each config's settings, the baseline first; bf16 only where this CPU runs it natively (opt-in: answers move)."""
+    engine, winograd, precision = (ENV_PREFIX + name for name in ("ENGINE", "WINOGRAD", "PRECISION"))
+    chosen = {
+        BASELINE: {engine: "opencv", winograd: "off"},
+        "opencv/f32 Winograd on": {engine: "opencv", winograd: "on"},
+        "openvino/f32": {engine: "openvino"},
+        DEFAULT: {},
+    }
     if "BF16" in cpu_capabilities():
-        found.append(("openvino", "bf16"))
-    return found
+        chosen["openvino/bf16"] = {engine: "openvino", precision: "bf16"}
+    return chosen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +60,7 @@ class Served:
     images_per_s: float
     cpu_s_per_image: float
     peak_rss_mib: float
+    engine: str  # as /readyz names it
 
 
 def server_cpu_s(master_pid: int) -> float:
@@ -60,18 +73,20 @@ def server_cpu_s(master_pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def serve(folder: Path, engine: str, precision: str, concurrency: int, port: int, limit: CpuLimit) -> Served:
-    """The whole service over HTTP, after a warm-up pass."""
+def serve(folder: Path, env: dict[str, str], concurrency: int, port: int, limit: PodLimit,
+          warm_up_folder: Path) -> Served:
+    """The whole service over HTTP, after a warm-up on a few images."""
     url = f"http://127.0.0.1:{port}"
-    settings_env = {"CLOUDDETECT_ENGINE": engine, "CLOUDDETECT_PRECISION": precision}
-    with limited_server(limit, port, READY_TIMEOUT_S, settings_env) as server:
-        run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
+    with limited_server(limit, port, READY_TIMEOUT_S, env) as server:
+        ready = requests.get(url + "/readyz", timeout=CLIENT_TIMEOUT_S).json()
+        run_client(url, warm_up_folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
         started, cpu_started = time.perf_counter(), server_cpu_s(server.pid)
         summary = run_client(url, folder, concurrency, CLIENT_TIMEOUT_S, lambda _: None)
         elapsed_s, cpu_s = time.perf_counter() - started, server_cpu_s(server.pid) - cpu_started
         if summary.failed:
-            raise RuntimeError(f"{engine}/{precision}: {summary.failed} requests failed")
-        return Served(summary.images / elapsed_s, cpu_s / summary.images, worker_peak_rss_mib(server.pid))
+            raise RuntimeError(f"{env}: {summary.failed} requests failed")
+        engine = f"{ready['engine']}/{ready['precision']}" + (" Winograd on" if ready["winograd"] else "")
+        return Served(summary.images / elapsed_s, cpu_s / summary.images, worker_peak_rss_mib(server.pid), engine)
 
 
 def iou(a: Box, b: Box) -> float:
@@ -118,17 +133,26 @@ def agreement(folder: Path) -> None:
     settings = Settings.load()
     files = locate(settings.model_dir)
     images = [decode_image(p.read_bytes()) for p in image_files(folder)]
+    engines = [("opencv", "f32"), ("openvino", "f32")] + [("openvino", "bf16")] * ("BF16" in cpu_capabilities())
     answers = {}
-    for engine, precision in configs():
+    for engine, precision in engines:
         detector = Detector(files, dataclasses.replace(settings, engine=engine, precision=precision))
         answers[engine, precision] = [detector.detect(image) for image in images]
-    pairs = [(REFERENCE, ("openvino", "f32")), (("openvino", "f32"), ("openvino", "bf16"))]
-    for reference, other in pairs:
-        if other in answers:
-            result = Agreement()
-            for want, got in zip(answers[reference], answers[other], strict=True):
-                result.add(want, got)
-            print(f"agreement {'/'.join(other)} with {'/'.join(reference)} on {len(images)} images: {result.report()}")
+    for reference, other in [(engines[0], engines[1]), *[(engines[1], e) for e in engines[2:]]]:
+        result = Agreement()
+        for want, got in zip(answers[reference], answers[other], strict=True):
+            result.add(want, got)
+        print(f"agreement {'/'.join(other)} with {'/'.join(reference)} on {len(images)} images: {result.report()}")
+
+
+def summary_line(name: str, isa: str, runs: list[Served], baselines: list[Served]) -> str:
+    """Medians over the repeats; each ratio is taken within a repeat, against the baseline of that repeat."""
+    speed = statistics.median(s.images_per_s / b.images_per_s for s, b in zip(runs, baselines, strict=True))
+    cpu = statistics.median(b.cpu_s_per_image / s.cpu_s_per_image for s, b in zip(runs, baselines, strict=True))
+    engines = ", ".join(sorted({s.engine for s in runs}))
+    return (f"| {name} | {isa} | {statistics.median(s.images_per_s for s in runs):.2f} | {speed:.2f}x | "
+            f"{statistics.median(s.cpu_s_per_image for s in runs) * 1000:.1f} | {cpu:.2f}x | "
+            f"{max(s.peak_rss_mib for s in runs):.0f} | {engines} |")
 
 
 def main() -> None:
@@ -137,32 +161,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating measurements of every config")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight against the service")
     parser.add_argument("--cpus", type=float, default=0.5)
+    parser.add_argument("--memory-mib", type=int, default=512)
     parser.add_argument("--port", type=int, default=5097)
     args = parser.parse_args()
     chosen = configs()
-    runs: dict[tuple[str, str], list[Served]] = {c: [] for c in chosen}
-    with cpu_limit(args.cpus) as limit:
+    runs: dict[tuple[str, str], list[Served]] = {(c, isa): [] for isa in ISAS for c in chosen}
+    warm_up = Path(os.environ.get("TMPDIR", "/tmp")) / f"clouddetect-warm-up-{os.getpid()}"
+    warm_up.mkdir()
+    for path in image_files(args.images)[:WARM_UP_IMAGES]:
+        (warm_up / path.name).symlink_to(path.resolve())
+    with pod_limit(args.cpus, args.memory_mib * 1024 * 1024) as limit:
         print(f"machine: {os.cpu_count()} cores, OpenVINO CPU capabilities {' '.join(cpu_capabilities())}; "
-              f"limit: {limit.description}; images: {args.images}; client concurrency: {args.concurrency}")
+              f"limits: {limit.description}; images: {args.images}; client concurrency: {args.concurrency}")
         for repeat in range(1, args.repeats + 1):
-            for engine, precision in chosen:
-                served = serve(args.images, engine, precision, args.concurrency, args.port, limit)
-                runs[engine, precision].append(served)
-                reference = runs[REFERENCE][-1]
-                print(f"repeat {repeat}: {engine}/{precision}: {served.images_per_s:5.2f} images/s "
-                      f"({served.images_per_s / reference.images_per_s:.2f}x opencv); "
-                      f"{served.cpu_s_per_image * 1000:5.1f} CPU ms/image, {args.cpus / served.cpu_s_per_image:5.2f} "
-                      f"images/s at a full quota ({reference.cpu_s_per_image / served.cpu_s_per_image:.2f}x opencv); "
-                      f"worker peak RSS {served.peak_rss_mib:.1f} MiB", flush=True)
-    for config, served in runs.items():
-        reference = runs[REFERENCE]
-        wall = [s.images_per_s / r.images_per_s for s, r in zip(served, reference, strict=True)]
-        cpu = [r.cpu_s_per_image / s.cpu_s_per_image for s, r in zip(served, reference, strict=True)]
-        print(f"median {'/'.join(config)} over {args.repeats} repeats: "
-              f"{statistics.median(s.images_per_s for s in served):5.2f} images/s, {statistics.median(wall):.2f}x "
-              f"opencv/f32; at a full quota {statistics.median(args.cpus / s.cpu_s_per_image for s in served):5.2f} "
-              f"images/s, {statistics.median(cpu):.2f}x; worker peak RSS "
-              f"{max(s.peak_rss_mib for s in served):.1f} MiB")
+            for isa, isa_env in ISAS.items():
+                for name, env in chosen.items():
+                    if isa != "native" and name == "openvino/bf16":
+                        continue  # not native without AVX-512 BF16 (the engine refuses it)
+                    served = serve(args.images, {**env, **isa_env}, args.concurrency, args.port, limit, warm_up)
+                    runs[name, isa].append(served)
+                    base = runs[BASELINE, isa][-1]
+                    print(f"repeat {repeat}, {isa}: {name} ({served.engine}): {served.images_per_s:5.2f} images/s "
+                          f"({served.images_per_s / base.images_per_s:.2f}x); {served.cpu_s_per_image * 1000:5.1f} "
+                          f"CPU ms/image ({base.cpu_s_per_image / served.cpu_s_per_image:.2f}x); worker peak RSS "
+                          f"{served.peak_rss_mib:.0f} MiB", flush=True)
+    for path in warm_up.iterdir():
+        path.unlink()
+    warm_up.rmdir()
+    print(f"\nmedians over {args.repeats} repeats; ratios against {BASELINE} at the same instruction sets")
+    print("| config | instruction sets | images/s | ratio | CPU ms/image | ratio | peak RSS MiB | engine |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, isa), served in runs.items():
+        if served:
+            print(summary_line(name, isa, served, runs[BASELINE, isa]))
     agreement(args.images)
 
 

@@ -1,9 +1,10 @@
-"""Capacity of one local server with the default settings under a pod's 0.5-CPU limit, found by the lab.
+"""Capacity of one local server with the default settings in a pod's limits (0.5 CPU, 512 MiB), found by the lab.
 
-Starts ``clouddetect serve`` inside the CPU limit, runs ``clouddetect lab run --url ...`` against it (the load
-generator outside the limit) into a new experiment directory, and prints each run's figures: the most users served
+Starts ``clouddetect serve`` inside the limits, runs ``clouddetect lab run --url ...`` against it (the load
+generator outside them) into a new experiment directory, and prints each run's figures: the most users served
 with no failed request (with its timeout), the response times at that load, the saturation throughput, the users
-within the latency objective, how many requests were sent and judged, and how long the run took.
+within the latency objective, how many requests were sent and judged, and how long the run took; then the serving
+worker's peak RSS over the whole experiment, against the pod's memory limit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cpu_limit import cpu_limit, limited_server
+from pod_limit import MIB, limited_server, pod_limit
+from service_vs_raw import worker_peak_rss_mib
 
 from clouddetect.images import default_folder
 
@@ -38,12 +40,15 @@ def main() -> None:
     lab = [sys.executable, "-m", "clouddetect", "lab", "run", "--url", url, "--out", str(out),
            "--images", str(args.images), "--repeats", str(args.repeats), "--pod-cpu", str(args.cpus),
            *args.lab_flags]
-    with cpu_limit(args.cpus) as limit:
+    with pod_limit(args.cpus) as limit:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
               f"server limit: {limit.description}", flush=True)
-        with limited_server(limit, args.port, READY_TIMEOUT_S):
+        with limited_server(limit, args.port, READY_TIMEOUT_S) as server:
             print(f"running: {shlex.join(lab)}", flush=True)
             subprocess.run(lab, check=True)
+            peak_mib = worker_peak_rss_mib(server.pid)
+    print(f"serving worker's peak RSS: {peak_mib:.0f} MiB ({peak_mib * MIB / limit.memory_bytes:.0%} of the "
+          f"{limit.memory_bytes // MIB} MiB limit)")
     print(f"machine load average after: {os.getloadavg()[0]:.2f}")
     for run in json.loads((out / "runs.json").read_text()):
         print(f"repeat {run['repeat']}: max users with no failure (timeout {run['timeout_s']:g} s): "

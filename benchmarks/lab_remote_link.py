@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cpu_limit import cpu_limit, limited_server
+from pod_limit import limited_server, pod_limit
 
 from clouddetect.images import default_folder
 from clouddetect.lab.link import LinkSettings
@@ -47,7 +47,7 @@ def main() -> None:
     host = str(next(ipaddress.ip_network(LinkSettings.subnet).hosts()))
     links = {"local": None, "link": args.bandwidth_mbit, "narrow": args.narrow_bandwidth_mbit}
     figures: dict[str, list[dict]] = {label: [] for label in links}
-    with cpu_limit(args.cpus) as limit:
+    with pod_limit(args.cpus) as limit:
         print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; server limit: {limit.description}",
               flush=True)
         with limited_server(limit, args.port, READY_TIMEOUT_S):

@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import requests
-from cpu_limit import cpu_limit, limited_server
+from pod_limit import limited_server, pod_limit
 from service_vs_raw import worker_peak_rss_mib
 
 from clouddetect.answers import ENDPOINT
@@ -74,7 +74,7 @@ def main() -> None:
     levels = [int(level) for level in args.clients.split(",")]
     runs = [("defaults", {})] + [(v, variant_env(v)) for v in args.variants.split(",") if v]
     results = {}
-    with cpu_limit(args.cpus) as limit:
+    with pod_limit(args.cpus) as limit:
         for name, env in runs:
             with limited_server(limit, args.port, READY_TIMEOUT_S, env) as server:
                 idle_mib = worker_peak_rss_mib(server.pid)

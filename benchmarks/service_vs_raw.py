@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from cpu_limit import CpuLimit, cpu_limit, limited_server
+from pod_limit import PodLimit, limited_server, pod_limit
 
 from clouddetect.client import run as run_client
 from clouddetect.images import default_folder, image_files
@@ -65,7 +65,7 @@ def cpu_s(pid: int) -> float:
 
 
 def service(folder: Path, rounds: int, concurrency: int, port: int,
-            limit: CpuLimit) -> tuple[float, float, float]:
+            limit: PodLimit) -> tuple[float, float, float]:
     """Images/s of the whole service over HTTP, its worker's CPU seconds per image and peak RSS in MiB."""
     url = f"http://127.0.0.1:{port}"
     with limited_server(limit, port, READY_TIMEOUT_S) as server:
@@ -95,7 +95,7 @@ def main() -> None:
         rate, cpu_per_image_s = raw_pipeline(args.images, args.rounds)
         print(json.dumps({"images_per_s": rate, "cpu_per_image_s": cpu_per_image_s}))
         return
-    with cpu_limit(args.cpus) as limit:
+    with pod_limit(args.cpus) as limit:
         print(f"machine: {os.cpu_count()} cores; limit: {limit.description}; images: {args.images}; "
               f"rounds: {args.rounds}; client concurrency: {args.concurrency}")
         ratios, cpu_ratios = [], []
@@ -113,7 +113,7 @@ def main() -> None:
           f"of CPU per image (raw/service, not swayed by the machine's load): {statistics.median(cpu_ratios):.3f}")
 
 
-def raw_in_child(folder: Path, rounds: int, limit: CpuLimit) -> tuple[float, float]:
+def raw_in_child(folder: Path, rounds: int, limit: PodLimit) -> tuple[float, float]:
     """The raw pipeline in a process of its own inside the limit, as the service's worker is."""
     out = subprocess.run(
         [sys.executable, __file__, "--raw", "--images", str(folder), "--rounds", str(rounds)],

@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import requests
-from cpu_limit import cpu_limit, limited_server
+from pod_limit import limited_server, pod_limit
 from service_vs_raw import worker_peak_rss_mib
 
 from clouddetect.answers import ENDPOINT
@@ -117,7 +117,7 @@ def main() -> None:
     files = image_files(args.images)
     url = f"http://127.0.0.1:{args.port}"
     # Each slow client cut off is a warning in the log: thousands of lines, so only errors are shown here.
-    with cpu_limit(args.cpus) as limit, limited_server(limit, args.port, READY_TIMEOUT_S, "error") as server:
+    with pod_limit(args.cpus) as limit, limited_server(limit, args.port, READY_TIMEOUT_S, log_level="error") as server:
         print(f"limit: {limit.description}; honest requests per level: {args.honest_requests}, one at a time; "
               f"slow clients send a byte every {args.interval_s} s and reconnect when cut off", flush=True)
         baseline_files = open_files(server.pid)
