@@ -109,7 +109,7 @@ def lab() -> None:
 @click.option("--service", default="clouddetect", show_default=True, help="Service whose NodePort gets the load.")
 @click.option("--service-url", help="URL the load goes to on Kubernetes [default: the Service's NodePort on a node].")
 @click.option("--pod-port", default=5000, show_default=True, type=int, help="Pods' port serving /metrics.")
-@click.option("--expected-pod-rps", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--expected-pod-rps", default=7.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Requests/s one pod serves, for the expected duration printed before starting.")
 @click.option("--pod-cpu", help="A note for experiment.json: each pod's CPU (read from the Deployment on Kubernetes).")
 @click.option("--pod-memory", help="A note for experiment.json: each pod's memory (read from the Deployment too).")
