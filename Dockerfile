@@ -5,7 +5,8 @@
 #
 # Every stage starts from the same base, so the venv built in one runs unchanged in the last. The layers are
 # ordered by how often they change: dependencies (pyproject.toml), then the model files (their checksums in
-# model_store.py), then the code, so a code-only change rebuilds a layer of a few hundred kilobytes.
+# model_store.py and the converter's modules), then the code, so a change elsewhere in the code rebuilds a layer of
+# a few hundred kilobytes.
 # Settings come from CLOUDDETECT_* environment variables (see src/clouddetect/config.py).
 #
 # The engine is auto (see src/clouddetect/engines/trial.py): each worker times OpenCV on the Darknet files and
@@ -35,7 +36,7 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['p
 
 # ---- model: the model files, fetched and checked against the SHA-256 sums in model_store.py, then converted to
 # OpenVINO's IR and checked against OpenCV's outputs. Only the modules each step imports are copied, so a change
-# elsewhere in the code neither downloads nor converts again.
+# elsewhere in the code neither downloads nor converts again (a change to one of those converts again, ~30 s).
 FROM deps AS model
 COPY src/clouddetect/__init__.py src/clouddetect/model_store.py /build/model/clouddetect/
 RUN PYTHONPATH=/build/model python -c \
@@ -58,10 +59,11 @@ RUN pip install --no-cache-dir --no-deps --prefix /opt/package /build
 # on an IR does not load (see the top of this file).
 FROM deps AS runtime-venv
 RUN pip uninstall --yes onnx ml_dtypes protobuf openvino-telemetry \
-    && cd /opt/venv/lib/python3.11/site-packages/openvino \
-    && rm -r include cmake libs/cache.json libs/libopenvino_intel_gpu_plugin.so libs/libopenvino_intel_npu_plugin.so \
-        libs/libopenvino_auto_plugin.so libs/libopenvino_hetero_plugin.so libs/libopenvino_auto_batch_plugin.so \
-    && find libs -name 'libopenvino_*_frontend.so*' ! -name 'libopenvino_ir_frontend.so*' -delete \
+    && ov=/opt/venv/lib/python3.11/site-packages/openvino \
+    && rm -rf "$ov/include" "$ov/cmake" "$ov/libs/cache.json" "$ov/libs/libopenvino_intel_gpu_plugin.so" \
+        "$ov/libs/libopenvino_intel_npu_plugin.so" "$ov/libs/libopenvino_auto_plugin.so" \
+        "$ov/libs/libopenvino_hetero_plugin.so" "$ov/libs/libopenvino_auto_batch_plugin.so" \
+    && find "$ov/libs" -name 'libopenvino_*_frontend.so*' ! -name 'libopenvino_ir_frontend.so*' -delete \
     && pip uninstall --yes pip setuptools
 
 # ---- the image: base, venv, model, package; no compilers, no apt caches, no pip in the venv, not root.

@@ -74,9 +74,7 @@ def test_the_smallest_limit_on_the_path_wins(nested_v1) -> None:
 
 def test_cgroups_without_limits_mean_the_machines_memory_and_no_quota(nested_v1) -> None:
     memory, cpu = nested_v1
-    memory_seen, cpu_seen = limits_seen_in(memory / "child", cpu / "child")
-    assert memory_seen <= physical_memory_bytes()
-    assert cpu_seen is None or cpu_seen >= 1  # the machine's own cgroups may hold a quota, never a pod's
+    assert limits_seen_in(memory / "child", cpu / "child") == (physical_memory_bytes(), None)
 
 
 # ---- proc files and cgroup trees laid out in a folder: the layouts this machine does not have
@@ -123,6 +121,19 @@ def test_combined_v1_controllers_and_escaped_mount_points_are_found(tmp_path: Pa
     proc = proc_self(tmp_path, "3:cpu,cpuacct:/pod\n",
                      [("/", str(mount).replace(" ", "\\040"), "cgroup", "rw,cpu,cpuacct")])
     assert cpu_limit_cores(proc) == 0.5
+
+
+def test_a_cgroup_outside_the_namespace_root_falls_back_to_the_mount(tmp_path: Path) -> None:
+    mount = tmp_path / "cgroup"
+    write(mount / "memory.max", str(POD_LIMIT_BYTES))
+    proc = proc_self(tmp_path, "0::/../sibling/leaf\n", [("/", str(mount), "cgroup2", "rw")])
+    assert memory_limit_bytes(proc) == POD_LIMIT_BYTES
+
+
+def test_unreadable_proc_files_mean_the_machines_figures(tmp_path: Path) -> None:
+    assert (memory_limit_bytes(tmp_path), cpu_limit_cores(tmp_path)) == (physical_memory_bytes(), None)
+    proc = proc_self(tmp_path, "not a cgroup line\n", [("/", str(tmp_path), "cgroup2", "rw")])
+    assert (memory_limit_bytes(proc), cpu_limit_cores(proc)) == (physical_memory_bytes(), None)
 
 
 def test_no_cgroup_mounts_mean_the_machines_memory_and_no_quota(tmp_path: Path) -> None:

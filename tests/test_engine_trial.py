@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clouddetect.config import Settings
 from clouddetect.detector import Detector
-from clouddetect.engines import EngineError, engine_label
+from clouddetect.engines import EngineError, EngineInfo, engine_label, trial
 from clouddetect.model_store import ModelFiles, locate
 
 
@@ -49,3 +51,30 @@ def test_auto_refuses_to_start_when_no_engine_fits_the_memory(model_files: Model
 def test_a_set_engine_is_not_timed(model_files: ModelFiles, settings: Settings) -> None:
     chosen = Detector(model_files, dataclasses.replace(settings, engine="opencv")).engine
     assert (chosen.choice, chosen.trials) == ("set", ())
+
+
+class Burner:
+    """An engine whose forward pass burns a set CPU time: the trial's bookkeeping on engines of known speed."""
+
+    def __init__(self, name: str, cpu_s: float) -> None:
+        self.info = EngineInfo(engine=name, precision="f32", cpu_features=())
+        self.cpu_s = cpu_s
+
+    def forward(self, blob: np.ndarray) -> np.ndarray:
+        started = time.process_time()
+        while time.process_time() - started < self.cpu_s:
+            pass
+        return blob
+
+
+def test_a_faster_engine_timed_first_is_made_again_and_kept(monkeypatch, model_files: ModelFiles,
+                                                           settings: Settings) -> None:
+    made: list[str] = []
+
+    def maker(name: str, cpu_s: float):  # noqa: ANN202 - the candidate's factory
+        return lambda: made.append(name) or Burner(name, cpu_s)
+
+    monkeypatch.setattr(trial, "candidates", lambda *_: [("fast", maker("fast", 0.002)), ("slow", maker("slow", 0.02))])
+    kept = trial.choose(model_files, dataclasses.replace(settings, engine="auto"))
+    assert kept.info.engine == "fast" and made == ["fast", "slow", "fast"]
+    assert [(t.engine, t.verdict) for t in kept.info.trials] == [("fast/f32", "kept"), ("slow/f32", "slower")]

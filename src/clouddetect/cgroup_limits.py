@@ -10,10 +10,12 @@ wins. Settings that trade memory for speed (``winograd`` auto, the engine trial)
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+log = logging.getLogger("clouddetect.cgroup_limits")
 PROC_SELF = Path("/proc/self")
 V1_MEMORY_LIMIT = "memory.limit_in_bytes"  # a number near 2**63 when unlimited
 V2_MEMORY_LIMIT = "memory.max"  # "max" when unlimited
@@ -35,17 +37,28 @@ class Hierarchy:
         """The directories of the process's cgroup and of each ancestor visible under the mount point."""
         try:
             relative = self.path.relative_to(self.mount_root)
-        except ValueError:  # a cgroup namespace shows the process outside the mounted root: only the root is known
+        except ValueError:  # the process's cgroup lies outside the mounted one: only the mount's root is readable
+            relative = PurePosixPath()
+        if ".." in relative.parts:  # a cgroup namespace shows cgroups outside its root as "/../name"
             relative = PurePosixPath()
         directory = self.mount_point / relative
         return [directory, *[p for p in directory.parents if p.is_relative_to(self.mount_point)]]
 
 
 def hierarchies(proc_self: Path = PROC_SELF) -> list[Hierarchy]:
-    """Every cgroup hierarchy this process belongs to that is mounted where it can read it."""
-    mounts = _cgroup_mounts((proc_self / "mountinfo").read_text())
+    """Every cgroup hierarchy this process belongs to that is mounted where it can read it; none where /proc does
+    not tell (another kernel, a sandbox), so the machine's own figures apply."""
+    try:
+        return _hierarchies((proc_self / "mountinfo").read_text(), (proc_self / "cgroup").read_text())
+    except (OSError, ValueError) as exc:
+        log.debug("cgroups not read (%s); the machine's limits apply", exc)
+        return []
+
+
+def _hierarchies(mountinfo: str, cgroups: str) -> list[Hierarchy]:
+    mounts = _cgroup_mounts(mountinfo)
     found = []
-    for line in (proc_self / "cgroup").read_text().splitlines():
+    for line in cgroups.splitlines():
         hierarchy_id, controllers, path = line.split(":", 2)
         version = 2 if hierarchy_id == "0" and not controllers else 1
         wanted = frozenset(c.removeprefix("name=") for c in controllers.split(",") if c)
@@ -87,7 +100,7 @@ def _controller_dirs(controller: str, proc_self: Path) -> list[Path]:
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()
-    except (FileNotFoundError, PermissionError):
+    except OSError:
         return None
 
 
@@ -102,7 +115,7 @@ def memory_limit_bytes(proc_self: Path = PROC_SELF) -> int:
     for directory in _controller_dirs("memory", proc_self):
         for name in (V1_MEMORY_LIMIT, V2_MEMORY_LIMIT):
             raw = _read(directory / name)
-            if raw is not None and raw != "max":
+            if raw is not None and raw.isdigit():  # "max" when unlimited
                 limits.append(int(raw))
     return min(limits)
 
@@ -113,10 +126,9 @@ def cpu_limit_cores(proc_self: Path = PROC_SELF) -> float | None:
     quotas = []
     for directory in _controller_dirs("cpu", proc_self):
         v1_quota, v1_period = _read(directory / V1_CPU_QUOTA), _read(directory / V1_CPU_PERIOD)
-        if v1_quota is not None and v1_period is not None and int(v1_quota) > 0:
+        if v1_quota and v1_period and v1_quota.isdigit() and v1_period.isdigit() and int(v1_period):  # -1: none
             quotas.append(int(v1_quota) / int(v1_period))
-        v2 = _read(directory / V2_CPU_MAX)
-        if v2 is not None and not v2.startswith("max"):
-            quota, period = v2.split()
+        quota, _, period = (_read(directory / V2_CPU_MAX) or "").partition(" ")
+        if quota.isdigit() and period.isdigit() and int(period):  # "max PERIOD": none
             quotas.append(int(quota) / int(period))
     return min(quotas, default=None)

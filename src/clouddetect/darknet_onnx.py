@@ -197,12 +197,12 @@ def _convert_ir(files: ModelFiles, onnx_path: Path) -> Path:
     return graph
 
 
-def check_against_opencv(onnx_path: Path, files: ModelFiles, samples: int = CHECK_SAMPLES) -> float:
-    """The ONNX graph (on OpenVINO, f32 pinned) against OpenCV's own Darknet importer on seeded random inputs: the
-    heads' raw outputs, which every weight reaches, and the decoded rows. Returns the largest difference of the
-    rows; raises ``ModelError`` past either tolerance."""
+def check_against_opencv(model_path: Path, files: ModelFiles, samples: int = CHECK_SAMPLES) -> float:
+    """A converted graph, ONNX or IR (on OpenVINO, f32 pinned), against OpenCV's own Darknet importer on seeded
+    random inputs: the heads' raw outputs, which every weight reaches, and the decoded rows. Returns the largest
+    difference of the rows; raises ``ModelError`` past either tolerance."""
     settings = Settings(engine="openvino", precision="f32")
-    converted = OpenVinoEngine(files, settings, onnx_path)
+    converted = OpenVinoEngine(files, settings, model_path)
     reference = cv2.dnn.readNetFromDarknet(str(files.cfg), str(files.weights))
     heads = [name for name in reference.getUnconnectedOutLayersNames() if name.startswith("yolo_")]
     # OpenCV names each layer by its Darknet index: a head's raw values are those of the convolution just before it.
@@ -218,7 +218,7 @@ def check_against_opencv(onnx_path: Path, files: ModelFiles, samples: int = CHEC
             worst_raw = max(worst_raw, float(np.max(np.abs(ours - theirs) / (1 + np.abs(theirs)))))
         worst = max(worst, rows_difference(converted.forward(blob), rows))
     if worst > CHECK_TOLERANCE or worst_raw > CHECK_RAW_TOLERANCE:
-        raise ModelError(f"{onnx_path.name} differs from OpenCV's outputs: rows by {worst:.3g} (at most "
+        raise ModelError(f"{model_path.name} differs from OpenCV's outputs: rows by {worst:.3g} (at most "
                          f"{CHECK_TOLERANCE}), raw head values by {worst_raw:.3g} (at most {CHECK_RAW_TOLERANCE})")
     return worst
 

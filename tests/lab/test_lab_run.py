@@ -149,7 +149,7 @@ def test_a_tiny_timeout_breaks_on_timeouts_and_confirms_fewer_users(tmp_path: Pa
     assert experiment["environment"]["client_network"]["interface"] == "lo"
     engine = experiment["environment"]["service"]["engine"]  # what /readyz says runs, and why
     assert engine.split(",")[0] in ("openvino/f32", "opencv/f32 Winograd on", "opencv/f32 Winograd off")
-    assert "chosen by timing (openvino/f32 " in engine
+    assert "chosen by timing (opencv/f32 Winograd" in engine and "; openvino" in engine, "both engines timed"
 
 
 def test_with_locust_worker_processes_every_request_is_still_judged(tmp_path: Path, images: list[Path]) -> None:

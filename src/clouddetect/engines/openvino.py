@@ -1,4 +1,5 @@
-"""OpenVINO on the ONNX graph converted from the Darknet files; the heads are decoded in numpy (``darknet``).
+"""OpenVINO on the graph converted from the Darknet files (its IR, or the ONNX graph on the way); the heads are
+decoded in numpy (``darknet``).
 
 Precision is always pinned: left alone, OpenVINO picks bf16 by itself on CPUs that have it and answers change.
 One stream and the inference-thread setting keep it within a pod's CPU quota.
@@ -47,12 +48,12 @@ def convolution_kernels(compiled: ov.CompiledModel) -> tuple[str, ...]:
 
 
 class OpenVinoEngine:
-    def __init__(self, files: ModelFiles, settings: Settings, onnx_path: Path) -> None:
+    def __init__(self, files: ModelFiles, settings: Settings, model_path: Path) -> None:
         core = ov.Core()
         capabilities = cpu_capabilities(core)
         require_native(settings.precision, capabilities)
         side = settings.input_size_px
-        model = core.read_model(onnx_path)
+        model = core.read_model(model_path)
         model.reshape({model.input().get_any_name(): [1, 3, side, side]})
         try:
             compiled = core.compile_model(model, DEVICE, {

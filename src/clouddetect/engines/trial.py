@@ -1,11 +1,12 @@
 """``engine=auto``: the exact engines installed here, each timed on a few forward passes as the worker starts,
 inside whatever CPU quota and memory limit it lives under; the fastest whose memory fits is kept.
 
-Which engine is fastest depends on the CPU, not on a rule: OpenVINO f32 was 2.8x OpenCV on an Intel CPU with AMX,
-2.5x OpenCV without Winograd and even with it on an AMD EPYC with AVX-512, and even with Winograd at AVX2 only. So
-it is measured where it runs. Only exact engines take part, those that give OpenCV's answers on the Darknet files
-(bf16 moves answers and stays opt-in). A forward is timed in the process's CPU seconds, all threads included: that
-is what a CPU quota rations, and it moves far less than wall time when the quota throttles.
+Which engine is fastest depends on the CPU, not on a rule: OpenVINO f32 was 2.8x OpenCV on an Intel CPU with AMX;
+on an AMD EPYC with AVX-512 it is 2.3x OpenCV without Winograd but only ~1.15x OpenCV with it, and at AVX2 only the
+two were within a few percent on the forward pass. So it is measured where it runs. Only exact engines take part,
+those that give OpenCV's answers on the Darknet files (bf16 moves answers and stays opt-in). A forward is timed
+in the process's CPU seconds, all threads included: that is what a CPU quota rations, and it moves far less than
+wall time when the quota throttles.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import time
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 
 from clouddetect.cgroup_limits import memory_limit_bytes
@@ -68,7 +70,8 @@ def choose(files: ModelFiles, settings: Settings) -> Engine:
     loaded at a time, so timing them needs no more memory than the largest; the kept one is made again only when it
     is not the last one timed."""
     limit = memory_limit_bytes()
-    budget = settings.engine_memory_fraction * limit - waiting_reserve_bytes(settings)
+    # Every worker of the pod loads its own engine and holds its own waiting requests.
+    budget = settings.engine_memory_fraction * limit / settings.workers - waiting_reserve_bytes(settings)
     side = settings.input_size_px
     blob = np.random.default_rng(TRIAL_SEED).random((1, 3, side, side), dtype=np.float32)
     baseline = resident_bytes()
@@ -82,10 +85,11 @@ def choose(files: ModelFiles, settings: Settings) -> Engine:
         before = resident_bytes()
         try:
             engine = make()
-        except (EngineError, ModelError, ImportError) as exc:
+            cpu_s = cpu_s_per_forward(engine, blob, settings.engine_trial_forwards)
+        except (EngineError, ModelError, ImportError, RuntimeError, cv2.error) as exc:
+            engine = None
             trials.append(Trial(name, None, None, f"unavailable: {exc}"))
             continue
-        cpu_s = cpu_s_per_forward(engine, blob, settings.engine_trial_forwards)
         footprint = resident_bytes() - before
         fits = baseline + footprint <= budget
         trials.append(Trial(engine_label(engine.info), round(cpu_s * 1000, 1), round(footprint / MIB, 1),
@@ -101,9 +105,9 @@ def choose(files: ModelFiles, settings: Settings) -> Engine:
         _release_freed_memory()
         engine = makers[index][1]()
     reserve_mib = waiting_reserve_bytes(settings) // MIB
+    share = f"{limit // MIB} MiB" if settings.workers == 1 else f"{limit // MIB} MiB / {settings.workers} workers"
     choice = (f"auto: fastest of the exact engines in CPU time per forward, memory within "
-              f"{settings.engine_memory_fraction:.0%} of {limit // MIB} MiB less {reserve_mib} MiB for waiting "
-              "requests")
+              f"{settings.engine_memory_fraction:.0%} of {share} less {reserve_mib} MiB for waiting requests")
     engine.info = dataclasses.replace(engine.info, choice=choice, trials=tuple(trials))
     for trial in trials:
         log.info("engine trial: %s %s CPU ms per forward, +%s MiB: %s", trial.engine, trial.cpu_ms_per_forward,
