@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -119,6 +120,12 @@ def _release_freed_memory() -> None:
     """Hand the engines' freed memory back to the system: glibc keeps freed heap in its arenas otherwise."""
     gc.collect()
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        _libc().malloc_trim(0)
     except (OSError, AttributeError):
         log.debug("malloc_trim is not available; freed memory stays with the allocator")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Loaded once: ``find_library`` runs ``ldconfig`` each time it is asked."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
