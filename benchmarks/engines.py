@@ -28,6 +28,7 @@ from clouddetect.client import run as run_client
 from clouddetect.codec import decode_image
 from clouddetect.config import ENV_PREFIX, Settings
 from clouddetect.detector import Box, Detection, Detector
+from clouddetect.engines import EngineInfo, engine_label
 from clouddetect.engines.openvino import cpu_capabilities
 from clouddetect.images import default_folder, image_files
 from clouddetect.model_store import locate
@@ -85,7 +86,7 @@ def serve(folder: Path, env: dict[str, str], concurrency: int, port: int, limit:
         elapsed_s, cpu_s = time.perf_counter() - started, server_cpu_s(server.pid) - cpu_started
         if summary.failed:
             raise RuntimeError(f"{env}: {summary.failed} requests failed")
-        engine = f"{ready['engine']}/{ready['precision']}" + (" Winograd on" if ready["winograd"] else "")
+        engine = engine_label(EngineInfo(ready["engine"], ready["precision"], (), winograd=ready["winograd"]))
         return Served(summary.images / elapsed_s, cpu_s / summary.images, worker_peak_rss_mib(server.pid), engine)
 
 
