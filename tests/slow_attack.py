@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from clouddetect.answers import ENDPOINT
 from clouddetect.config import Settings
 from clouddetect.server import raise_open_files_limit
 from clouddetect.slow_clients import IMAGE_BODY_BYTES, SlowOutcome, trickle
+from clouddetect.verdicts import ENDPOINT
 
 DRIP_INTERVAL_S = 1.0
 HONEST_REQUESTS = 8

@@ -18,14 +18,14 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
-from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.api import create_app
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
-from clouddetect.contract import response_body
 from clouddetect.detector import Detector, PreparedImage
 from clouddetect.engines.opencv import winograd_enabled
 from clouddetect.openapi import document
+from clouddetect.request_json import response_body
+from clouddetect.verdicts import ENDPOINT, response_problem
 from support import request_body
 
 README = Path(__file__).resolve().parents[1] / "README.md"

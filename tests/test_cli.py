@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clouddetect.codec import decode_image
-from clouddetect.contract import response_body
+from clouddetect.request_json import response_body
 from support import assert_same_objects
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from clouddetect.answers import ENDPOINT
+from clouddetect.verdicts import ENDPOINT
 from support import LiveServer
 
 pytestmark = pytest.mark.slow

@@ -18,10 +18,8 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, 
 from werkzeug.exceptions import HTTPException, NotFound
 
 from clouddetect.admission import Admission
-from clouddetect.answers import ENDPOINT
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
-from clouddetect.contract import image_bytes_of, request_id_of, request_object, response_body
 from clouddetect.detector import Detection, Detector, PreparedImage
 from clouddetect.errors import (
     REFUSAL_ENVIRON_KEY,
@@ -34,6 +32,8 @@ from clouddetect.errors import (
 )
 from clouddetect.metrics import Metrics
 from clouddetect.openapi import document
+from clouddetect.request_json import image_bytes_of, request_id_of, request_object, response_body
+from clouddetect.verdicts import ENDPOINT
 
 log = logging.getLogger("clouddetect.api")
 # Of the files swagger-ui-bundle ships, the two /docs needs.

@@ -14,11 +14,11 @@ import click
 from clouddetect import client as client_module
 from clouddetect.codec import decode_image
 from clouddetect.config import ENV_PREFIX, Settings
-from clouddetect.contract import response_body
 from clouddetect.engines import EngineError
 from clouddetect.errors import ClientError
 from clouddetect.lab.cli import lab
 from clouddetect.model_store import ONNX, ModelError, ModelFiles, fetch, locate
+from clouddetect.request_json import response_body
 
 _CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
 DETECTION_SETTINGS = (

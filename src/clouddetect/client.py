@@ -13,8 +13,8 @@ from typing import Any
 
 import requests
 
-from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.images import encode_file, image_files
+from clouddetect.verdicts import ENDPOINT, response_problem
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from clouddetect.answers import ENDPOINT
+from clouddetect.verdicts import ENDPOINT
 
 REQUEST_HEAD = f"POST {ENDPOINT} HTTP/1.1\r\nHost: clouddetect\r\nContent-Type: application/json\r\n".encode()
 HEADER_DRIP = b"X-Slow: 1\r\n"

@@ -33,9 +33,9 @@ import requests
 import yaml
 from slow_attack import assert_honest_answered_and_slow_cut_off, attack, body_deadline_s
 
-from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.config import Settings
-from clouddetect.lab.results import Experiment
+from clouddetect.lab.capacity.results import Experiment
+from clouddetect.verdicts import ENDPOINT, response_problem
 from support import apt_install, request_body, stand_in_commands
 
 pytestmark = pytest.mark.cluster

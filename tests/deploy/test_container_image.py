@@ -20,10 +20,10 @@ import pytest
 import requests
 from slow_attack import assert_honest_answered_and_slow_cut_off, attack
 
-from clouddetect.answers import ENDPOINT, response_problem
 from clouddetect.codec import decode_image
-from clouddetect.contract import response_body
 from clouddetect.detector import Detector
+from clouddetect.request_json import response_body
+from clouddetect.verdicts import ENDPOINT, response_problem
 from support import assert_same_objects, free_port, request_body
 
 pytestmark = pytest.mark.docker

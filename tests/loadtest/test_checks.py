@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from clouddetect.answers import ENDPOINT
 from clouddetect.loadtest.checks import INVALID_JSON, MALFORMED, TIMEOUT, WRONG_ID, failure_kind
+from clouddetect.verdicts import ENDPOINT
 from support import request_body
 
 TIMEOUT_S = 30.0

@@ -22,7 +22,7 @@ from typing import ClassVar
 import pytest
 import requests
 
-from clouddetect.lab.load import LOCUSTFILE
+from clouddetect.lab.capacity.locust_runs import LOCUSTFILE
 from support import LiveServer, free_port, live_server
 
 pytestmark = pytest.mark.slow

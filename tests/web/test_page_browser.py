@@ -20,7 +20,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, Response, sync_playwright
 
-from clouddetect.answers import ENDPOINT, response_problem
+from clouddetect.verdicts import ENDPOINT, response_problem
 from support import LiveServer, live_server, request_body
 
 pytestmark = pytest.mark.browser

@@ -8,18 +8,18 @@ from typing import Any
 
 import click
 
-from clouddetect.answers import DEFAULT_REQUEST_TIMEOUT_S
 from clouddetect.images import default_folder, image_files
-from clouddetect.lab.bundle import bundle_command
-from clouddetect.lab.environment import client_network, code_version, load_generator
-from clouddetect.lab.experiment import Plan, Runner, expected_run_s
+from clouddetect.lab.capacity.experiment import Plan, Runner, expected_run_s
+from clouddetect.lab.capacity.host import client_network, code_version, load_generator
+from clouddetect.lab.capacity.locust_runs import LoadError, LoadSettings
+from clouddetect.lab.capacity.results import Experiment, ExperimentError
+from clouddetect.lab.capacity.search import SearchSettings
+from clouddetect.lab.capacity.targets import FixedUrl, Kubernetes, Platform, PlatformError
 from clouddetect.lab.faults import faults
-from clouddetect.lab.link import client_link_conditions
-from clouddetect.lab.link_cli import link
-from clouddetect.lab.load import LoadError, LoadSettings
-from clouddetect.lab.platform import FixedUrl, Kubernetes, Platform, PlatformError
-from clouddetect.lab.results import Experiment, ExperimentError
-from clouddetect.lab.search import SearchSettings
+from clouddetect.lab.network.cli import link
+from clouddetect.lab.network.link import client_link_conditions
+from clouddetect.submission import bundle_command
+from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S
 
 CLIENT_LOCATIONS = ("master", "remote")
 DEFAULT_PODS = [1, 2, 4, 8]
@@ -227,9 +227,9 @@ def report(experiments: tuple[Path, ...], out_dir: Path | None, title: str, auth
            lines: tuple[str, ...], fault_files: tuple[Path, ...], print_pdf: bool, chromium: str | None,
            pdf_timeout_s: float) -> None:
     """Write the capacity report of one or more experiment directories (e.g. one per client location)."""
-    from clouddetect.lab import pdf  # matplotlib and Jinja are only needed here
-    from clouddetect.lab import report as report_module
-    from clouddetect.lab.facts import FaultFileError
+    from clouddetect.lab.report import pdf  # matplotlib and Jinja are only needed here
+    from clouddetect.lab.report import write as report_module
+    from clouddetect.lab.report.analysis import FaultFileError
 
     try:
         printer = (pdf.Printer(pdf.find_chromium(chromium), report_module.FONT_FAMILY, pdf_timeout_s)

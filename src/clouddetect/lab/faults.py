@@ -26,9 +26,9 @@ from typing import Any
 import click
 import requests
 
-from clouddetect.answers import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, response_problem
 from clouddetect.images import default_folder, encode_file, image_files
-from clouddetect.lab.platform import Kubernetes, PlatformError, is_serving, poll
+from clouddetect.lab.capacity.targets import Kubernetes, PlatformError, is_serving, poll
+from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, response_problem
 
 FAULTS = ("pod-delete", "rollout-restart", "node-loss")
 POD_PORT = 5000  # the pods' own port; faults read nothing from pods directly

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from clouddetect.answers import response_problem
+from clouddetect.verdicts import response_problem
 
 TIMEOUT = "timeout"
 INVALID_JSON = "invalid JSON"

@@ -17,10 +17,10 @@ from locust import FastHttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 
-from clouddetect.answers import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT
 from clouddetect.images import IMAGES_ENV, default_folder, encode_file, image_files
 from clouddetect.loadtest import tally
 from clouddetect.loadtest.checks import failure_kind
+from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 IMAGE_ORDERS = ("sequence", "random")

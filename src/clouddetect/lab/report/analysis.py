@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clouddetect.lab.plots import Summary
-from clouddetect.lab.results import Experiment, RunRecord
+from clouddetect.lab.capacity.results import Experiment, RunRecord
+from clouddetect.lab.report.plots import Summary
 
 ASSIGNMENT_PODS = (1, 2, 4, 8)
 LOCATIONS = ("master", "remote")

@@ -3,7 +3,7 @@
 Experiments measured from different places (the controller node, a remote VM) are merged here; the client
 location of each run keeps them apart. Each figure is the mean over repeats ± the sample standard deviation.
 The report is laid out by Jinja templates (``templates/``): the discussion's wording is there, its values come from
-``facts``; tables and figures are built here. The PDF is the HTML printed by Chromium (``pdf``).
+``analysis``; tables and figures are built here. The PDF is the HTML printed by Chromium (``pdf``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from typing import ClassVar
 
 import jinja2
 
-from clouddetect.lab import facts as facts_module
-from clouddetect.lab import pdf, plots
-from clouddetect.lab.facts import ASSIGNMENT_PODS, LOCATIONS, Facts, Point
-from clouddetect.lab.plots import Summary
-from clouddetect.lab.results import Experiment, RunRecord
+from clouddetect.lab.capacity.results import Experiment, RunRecord
+from clouddetect.lab.report import analysis, pdf, plots
+from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, LOCATIONS, Facts, Point
+from clouddetect.lab.report.plots import Summary
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -179,7 +178,7 @@ def by_configuration(points: Sequence[Point], name: str) -> dict[str, dict[int, 
 
 def figures(experiments: Sequence[Experiment], out_dir: Path) -> list[tuple[plots.Drawn, str]]:
     """Every figure that has data, with its caption; a figure without data is left out."""
-    points = facts_module.gather(experiments).points
+    points = analysis.gather(experiments).points
     out_dir.mkdir(parents=True, exist_ok=True)
     candidates = [
         (plots.per_pods(by_configuration(points, "max_users"), "users with no failed request",
@@ -206,11 +205,11 @@ def figures(experiments: Sequence[Experiment], out_dir: Path) -> list[tuple[plot
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("clouddetect.lab", "templates"),
+    env = jinja2.Environment(loader=jinja2.PackageLoader("clouddetect.lab.report", "templates"),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              autoescape=jinja2.select_autoescape(["html.j2"]))
     env.filters.update(num=_num, mean=_mean, users=_users, pct=_pct, pods=_pods, and_list=_and_list, kinds=_kinds)
-    env.globals.update(linear=facts_module.LINEAR_EFFICIENCY, low_bound=facts_module.LOW_BOUND_RATIO)
+    env.globals.update(linear=analysis.LINEAR_EFFICIENCY, low_bound=analysis.LOW_BOUND_RATIO)
     return env
 
 
@@ -249,8 +248,8 @@ def _kinds(counts: dict[str, int]) -> str:
 def discussion(facts: Facts) -> list[Block]:
     """The observations and challenges: the template's Markdown subset (headings, paragraphs) as blocks."""
     text = _environment().get_template("discussion.md.j2").render(
-        facts=facts, timeout_share=facts_module.TIMEOUT_SHARE_HELD, request_kb=facts_module.REQUEST_BYTES // 1000,
-        link_limit_share=facts_module.LINK_LIMIT_SHARE)
+        facts=facts, timeout_share=analysis.TIMEOUT_SHARE_HELD, request_kb=analysis.REQUEST_BYTES // 1000,
+        link_limit_share=analysis.LINK_LIMIT_SHARE)
     blocks: list[Block] = []
     for chunk in re.split(r"\n\s*\n", text):
         chunk = " ".join(line.strip() for line in chunk.splitlines() if line.strip())
@@ -273,7 +272,7 @@ def words(blocks: Sequence[Block], section: str | None = None) -> int:
 
 
 def build(experiments: Sequence[Experiment], out_dir: Path, fault_files: Sequence[Path] = ()) -> list[Block]:
-    facts = facts_module.gather(experiments, fault_files)
+    facts = analysis.gather(experiments, fault_files)
     runs = [r for e in experiments for r in e.runs]
     images: list[Block] = [Image(drawn.path.name, caption) for drawn, caption in figures(experiments, out_dir)]
     return [

@@ -2,7 +2,7 @@
 
 Users ramp at the spawn rate towards a target, after an optional quick jump to a level known to be safe; the step
 ends at the first failed request, or once the target has been held for the hold time and the hold's response times
-are stable (``windows.py``), extended up to a bound while they are not. Statistics are reset when the target is
+are stable (``stability.py``), extended up to a bound while they are not. Statistics are reset when the target is
 reached, so the figures of a held step are those of the steady state, not of the ramp.
 
 A search step (``--lab-start-fraction`` above 0) also measures the saturation throughput while ramping and, once
@@ -32,9 +32,9 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import RequestStats
 
-from clouddetect.lab.load import PROGRESS_PREFIX, LoadSettings
-from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_at, window_means
+from clouddetect.lab.capacity.locust_runs import PROGRESS_PREFIX, LoadSettings
 from clouddetect.loadtest import tally
+from clouddetect.loadtest.stability import Sample, SaturationProbe, is_stable, users_at, window_means
 
 # Failures reach a distributed master as the repr of the worker's exception.
 _CATCH_RESPONSE_REPR = re.compile(r"^CatchResponseError\('(.*)'\)$")

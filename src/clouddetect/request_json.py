@@ -1,7 +1,7 @@
 """The server's half of the wire contract of ``POST /api/object_detection``: reading a request, writing an answer.
 
 Request: ``{"id": str, "image": base64 str}``, or that object's JSON text sent as a JSON string. Answer: see
-``clouddetect.answers``, which clients use to judge answers without the service's dependencies.
+``clouddetect.verdicts``, which clients use to judge answers without the service's dependencies.
 """
 
 from __future__ import annotations

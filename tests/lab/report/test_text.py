@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clouddetect.lab import report
+from clouddetect.lab.capacity.results import Experiment, RunRecord
 from clouddetect.lab.cli import lab
-from clouddetect.lab.facts import ASSIGNMENT_PODS, REQUEST_BYTES, gather
-from clouddetect.lab.results import Experiment, RunRecord
+from clouddetect.lab.report import write as report
+from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, REQUEST_BYTES, gather
 
-RECORDED = Path(__file__).with_name("recorded") / "one-pod"
+RECORDED = Path(__file__).parents[1] / "recorded" / "one-pod"
 OBSERVATIONS_MAX_WORDS = 1000
 CHALLENGES_MAX_WORDS = 500
 TOTAL_MAX_WORDS = 1500

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from clouddetect.lab import pdf, report
-from clouddetect.lab.facts import gather
-from clouddetect.lab.results import Experiment
+from clouddetect.lab.capacity.results import Experiment
+from clouddetect.lab.report import pdf
+from clouddetect.lab.report import write as report
+from clouddetect.lab.report.analysis import gather
 from support import apt_install, live_server
 
 pytestmark = pytest.mark.browser
 
-RECORDED = Path(__file__).with_name("recorded") / "one-pod"
+RECORDED = Path(__file__).parents[1] / "recorded" / "one-pod"
 PACKAGES = ["chromium", "fonts-liberation", "poppler-utils"]
 PDF_TIMEOUT_S = 120.0
 LAB_TIMEOUT_S = 300.0

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import clouddetect.lab
 import clouddetect.loadtest
 
 LOCUSTFILE = Path(clouddetect.loadtest.__file__).with_name("locustfile.py")
-SHAPE_FILE = Path(clouddetect.lab.__file__).with_name("shape.py")
+SHAPE_FILE = LOCUSTFILE.with_name("shape.py")
 # Lines the load shape prints for the lab to echo.
 PROGRESS_PREFIX = "progress:"
 ECHOED_LOG_LEVELS = ("/WARNING/", "/ERROR/", "/CRITICAL/")

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from clouddetect.lab.load import LoadSettings, StepOutcome, StepPlan, run_step
-from clouddetect.lab.platform import Platform, PodMetrics, poll
-from clouddetect.lab.results import Experiment, RunRecord, StepRecord, run_key
-from clouddetect.lab.search import Capacity, Measure, SearchSettings, Step, find_capacity
+from clouddetect.lab.capacity.locust_runs import LoadSettings, StepOutcome, StepPlan, run_step
+from clouddetect.lab.capacity.results import Experiment, RunRecord, StepRecord, run_key
+from clouddetect.lab.capacity.search import Capacity, Measure, SearchSettings, Step, find_capacity
+from clouddetect.lab.capacity.targets import Platform, PodMetrics, poll
 
 Echo = Callable[[str], None]
 # Start-up of Locust (reading and encoding the images) and the lab's checks around each step.

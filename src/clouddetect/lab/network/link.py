@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clouddetect.config import settings_values
-from clouddetect.lab.relay import DelayRelay, RelaySettings, loopback_route
+from clouddetect.lab.network.relay import DelayRelay, RelaySettings, loopback_route
 
 # Set for a command run in the namespace: the link's conditions (JSON), which `lab run` records, and the host's
 # address on the link, where this host's services are reached.

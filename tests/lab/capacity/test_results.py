@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from clouddetect.lab.results import Experiment, ExperimentError
+from clouddetect.lab.capacity.results import Experiment, ExperimentError
 
-RECORDED = Path(__file__).with_name("recorded") / "one-pod"
+RECORDED = Path(__file__).parents[1] / "recorded" / "one-pod"
 CONDITIONS = {"timeout_s": 30.0, "hold_s": 60.0}
 ENVIRONMENT = {"code": {"git_commit": "abc"}, "service": {"pod_cpu": "500m", "engine": None}}
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from clouddetect.lab.link import TOOLS, LinkSettings, Names, SimulatedLink
-from clouddetect.lab.linkprobe import ProbeSettings, measure
+from clouddetect.lab.network.link import TOOLS, LinkSettings, Names, SimulatedLink
+from clouddetect.lab.network.probe import ProbeSettings, measure
 from support import live_server
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from typing import Any
 
 import click
 
-from clouddetect.lab.link import SETTINGS_ENV_PREFIX, LinkError, LinkSettings, Shell, SimulatedLink, remove
-from clouddetect.lab.linkprobe import ProbeSettings, measure
+from clouddetect.lab.network.link import SETTINGS_ENV_PREFIX, LinkError, LinkSettings, Shell, SimulatedLink, remove
+from clouddetect.lab.network.probe import ProbeSettings, measure
 
 _CLICK_TYPES = {"float": float, "int": int, "str": str}
 

@@ -16,15 +16,15 @@ from urllib.parse import urlsplit
 
 import click
 
-from clouddetect.answers import ENDPOINT
+from clouddetect.verdicts import ENDPOINT
 
 # What the zip holds from the checkout (folders end in "/"), with what each is for; ReadMe.txt lists them so.
 BUNDLED = {
     "Dockerfile": "the container image: docker build -t clouddetect . (or make image)",
     ".dockerignore": "what the image's build context leaves out",
-    "src/clouddetect/": "the service: api.py (routes), detector.py (YOLOv3-tiny), server.py, config.py",
+    "src/clouddetect/": "the service: api.py (routes), detector.py (YOLOv3-tiny), server/, config.py",
     "src/clouddetect/loadtest/locustfile.py": "the Locust script: one user sending the test images",
-    "src/clouddetect/lab/": "the experiment scripts: clouddetect lab run, lab report, lab link",
+    "src/clouddetect/lab/": "the capacity lab: clouddetect lab run, lab report, lab link, lab faults",
     "deploy/k8s/": "the Kubernetes YAMLs: base (Deployment, NodePort 30500), overlays replicas-1/2/4/8",
     "deploy/cluster/": "the three-VM kubeadm cluster: scripts and step-by-step guide",
     "benchmarks/": "the benchmark scripts behind README.md's figures",

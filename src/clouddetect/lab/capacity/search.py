@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from clouddetect.lab.load import StepOutcome, StepPlan
+from clouddetect.lab.capacity.locust_runs import StepOutcome, StepPlan
 
 
 @dataclass(frozen=True)

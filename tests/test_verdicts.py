@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from clouddetect.answers import response_problem
+from clouddetect.verdicts import response_problem
 
 GOOD = {"id": "a", "objects": [{"label": "cat", "accuracy": 0.78,
                                "rectangle": {"height": 114, "left": 380, "top": 363, "width": 254}}]}
@@ -15,8 +15,8 @@ IMPORT_WITHOUT_OPENCV = """
 import sys
 sys.modules["cv2"] = None
 sys.modules["numpy"] = None
-import clouddetect.answers, clouddetect.client, clouddetect.loadtest.checks
-print(clouddetect.answers.response_problem({"id": "a", "objects": []}, "a"))
+import clouddetect.verdicts, clouddetect.client, clouddetect.loadtest.checks
+print(clouddetect.verdicts.response_problem({"id": "a", "objects": []}, "a"))
 """
 
 
@@ -27,7 +27,7 @@ def test_clients_judge_answers_without_opencv_or_numpy() -> None:
 
 
 def test_the_block_works() -> None:
-    blocked = IMPORT_WITHOUT_OPENCV.replace("import clouddetect.answers,", "import clouddetect.contract,")
+    blocked = IMPORT_WITHOUT_OPENCV.replace("import clouddetect.verdicts,", "import clouddetect.request_json,")
     done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "import of cv2 halted" in done.stderr
 

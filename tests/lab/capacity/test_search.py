@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from clouddetect.lab.load import StepOutcome, StepPlan
-from clouddetect.lab.search import SearchSettings, Step, find_capacity, first_guess, step_down
+from clouddetect.lab.capacity.locust_runs import StepOutcome, StepPlan
+from clouddetect.lab.capacity.search import SearchSettings, Step, find_capacity, first_guess, step_down
 
 MAX_USERS = 3000
 TIMEOUT_S = 30.0

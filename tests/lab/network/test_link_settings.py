@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from clouddetect.cli import main
-from clouddetect.lab.link import CONDITIONS_ENV, LinkSettings, Names, client_link_conditions, link_conditions
+from clouddetect.lab.network.link import CONDITIONS_ENV, LinkSettings, Names, client_link_conditions, link_conditions
 
 INTERFACE_NAME_MAX_CHARS = 15
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clouddetect.lab.windows import Sample, SaturationProbe, is_stable, users_at, window_means
+from clouddetect.loadtest.stability import Sample, SaturationProbe, is_stable, users_at, window_means
 
 
 def steady(seconds: int, rps: float, mean_ms: float, users: int = 10) -> list[Sample]:

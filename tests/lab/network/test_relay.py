@@ -14,8 +14,8 @@ from contextlib import contextmanager, suppress
 
 import pytest
 
-from clouddetect.lab.linkprobe import ECHO, UPLOAD, UPLOAD_REPORT, probe_server
-from clouddetect.lab.relay import DelayRelay, RelaySettings, fixed_route
+from clouddetect.lab.network.probe import ECHO, UPLOAD, UPLOAD_REPORT, probe_server
+from clouddetect.lab.network.relay import DelayRelay, RelaySettings, fixed_route
 from support import free_port
 
 RTT_MS = 100.0

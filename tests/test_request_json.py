@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from clouddetect.answers import response_problem
-from clouddetect.contract import image_bytes_of, request_id_of, request_object, response_body
 from clouddetect.detector import Box, Detection
 from clouddetect.errors import InvalidBase64, InvalidField
+from clouddetect.request_json import image_bytes_of, request_id_of, request_object, response_body
+from clouddetect.verdicts import response_problem
 
 GOOD = {"id": "a", "objects": [{"label": "cat", "accuracy": 0.78,
                                "rectangle": {"height": 114, "left": 380, "top": 363, "width": 254}}]}

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from clouddetect.lab import facts, plots, report
-from clouddetect.lab.results import Experiment, RunRecord
+from clouddetect.lab.capacity.results import Experiment, RunRecord
+from clouddetect.lab.report import analysis as facts
+from clouddetect.lab.report import plots
+from clouddetect.lab.report import write as report
 
-RECORDED = Path(__file__).with_name("recorded") / "one-pod"
+RECORDED = Path(__file__).parents[1] / "recorded" / "one-pod"
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from clouddetect.cli import main
-from clouddetect.lab.bundle import BundleError, Submission, write_bundle
+from clouddetect.submission import BundleError, Submission, write_bundle
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVICE_URL = "http://203.0.113.7:30500"
 VIDEO_URL = "https://video.example/clouddetect-demo"
 # A small but complete PDF (one empty page), enough to stand for the report.

@@ -9,9 +9,9 @@ import pytest
 from flask.testing import FlaskClient
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
-from clouddetect.answers import ENDPOINT
-from clouddetect.lab.experiment import served
-from clouddetect.lab.platform import FixedUrl, PlatformError, parse_metrics, ready_pod_names, reported_engine
+from clouddetect.lab.capacity.experiment import served
+from clouddetect.lab.capacity.targets import FixedUrl, PlatformError, parse_metrics, ready_pod_names, reported_engine
+from clouddetect.verdicts import ENDPOINT
 from support import live_server, request_body
 
 READY_TIMEOUT_S = 60.0

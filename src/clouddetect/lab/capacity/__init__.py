@@ -1,0 +1,1 @@
+"""Running and recording capacity searches: the plan, the search, Locust runs, the service under test."""

@@ -1,0 +1,1 @@
+"""The capacity report: facts from the runs, plots, Markdown/HTML by templates, PDF by Chromium."""
