@@ -20,7 +20,7 @@ from pathlib import Path
 from pod_limit import limited_server, pod_limit
 
 from clouddetect.images import default_folder
-from clouddetect.lab.link import LinkSettings
+from clouddetect.lab.network.link import LinkSettings
 
 READY_TIMEOUT_S = 120.0
 

@@ -20,10 +20,10 @@ import requests
 from pod_limit import limited_server, pod_limit
 from service_vs_raw import worker_peak_rss_mib
 
-from clouddetect.answers import ENDPOINT
 from clouddetect.client import detect_one
 from clouddetect.config import ENV_PREFIX, Settings
 from clouddetect.images import default_folder, image_files
+from clouddetect.verdicts import ENDPOINT
 
 READY_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 300.0

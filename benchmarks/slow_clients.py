@@ -26,11 +26,11 @@ import requests
 from pod_limit import limited_server, pod_limit
 from service_vs_raw import worker_peak_rss_mib
 
-from clouddetect.answers import ENDPOINT
 from clouddetect.client import detect_one
 from clouddetect.images import default_folder, image_files
 from clouddetect.server import raise_open_files_limit
 from clouddetect.slow_clients import keep_trickling
+from clouddetect.verdicts import ENDPOINT
 
 READY_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 60.0
