@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,8 @@ from clouddetect.errors import ClientError
 from clouddetect.lab.cli import lab
 from clouddetect.model_store import ONNX, ModelError, ModelFiles, fetch, locate
 from clouddetect.request_json import response_body
+from clouddetect.settings_fields import click_options
 
-_CLICK_TYPES = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
 DETECTION_SETTINGS = (
     "model_dir", "confidence_threshold", "nms_threshold", "input_size_px", "inference_threads", "winograd",
     "winograd_min_memory_bytes", "max_image_pixels", "engine", "precision",
@@ -29,16 +28,7 @@ DETECTION_SETTINGS = (
 
 def settings_options(names: Iterable[str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """One flag per setting (all, or the ones named), each defaulting to the environment or the built-in value."""
-    chosen = [f for f in fields(Settings) if names is None or f.name in names]
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        for f in reversed(chosen):
-            flag = f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}; default {f.default}]"
-            command = click.option(f"--{flag}", f.name, type=_CLICK_TYPES[str(f.type)], help=help_text)(command)
-        return command
-
-    return decorate
+    return click_options(Settings, names, env_prefix=ENV_PREFIX)
 
 
 def load_settings(overrides: dict[str, Any]) -> Settings:
@@ -150,7 +140,7 @@ def convert_model(files: ModelFiles) -> None:
 def client(url: str, folder: Path, concurrency: int, timeout_s: float) -> None:
     """Send every image in FOLDER to the service at URL; prints each answer, then a summary."""
 
-    def show(outcome: client_module.Outcome) -> None:
+    def show(outcome: client_module.ImageOutcome) -> None:
         if outcome.problem is None:
             click.echo(json.dumps(outcome.body))
         else:

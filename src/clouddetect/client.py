@@ -14,11 +14,11 @@ from typing import Any
 import requests
 
 from clouddetect.images import encode_file, image_files
-from clouddetect.verdicts import ENDPOINT, response_problem
+from clouddetect.verdicts import ENDPOINT, MALFORMED, WRONG_ID, failure_kind, response_problem
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ImageOutcome:
     image: Path
     status: int | None
     body: Any
@@ -27,7 +27,7 @@ class Outcome:
 
 
 @dataclass(frozen=True)
-class Summary:
+class RunSummary:
     images: int
     ok: int
     failed: int
@@ -55,25 +55,36 @@ def wait_ready(
     raise TimeoutError(f"{base_url} did not turn ready within {timeout_s} s")
 
 
-def detect_one(session: requests.Session, url: str, image: Path, timeout_s: float) -> Outcome:
+def detect_one(session: requests.Session, url: str, image: Path, timeout_s: float) -> ImageOutcome:
     request_id = str(uuid.uuid4())
     started = time.perf_counter()
     try:
         response = session.post(url, json={"id": request_id, "image": encode_file(image)}, timeout=timeout_s)
-        body = response.json()
-    except (requests.RequestException, ValueError, OSError) as exc:
-        return Outcome(image, None, None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}")
+    except (requests.RequestException, OSError) as exc:
+        latency_s = time.perf_counter() - started
+        kind = failure_kind(0, None, request_id, latency_s, timeout_s, exc)
+        return ImageOutcome(image, None, None, latency_s, f"{kind} ({exc})")
     latency_s = time.perf_counter() - started
-    problem = f"HTTP {response.status_code}" if response.status_code != 200 else response_problem(body, request_id)
-    return Outcome(image, response.status_code, body, latency_s, problem)
+    kind = failure_kind(response.status_code, response.text, request_id, latency_s, timeout_s)
+    body = _json_or_none(response)
+    if kind in (MALFORMED, WRONG_ID):  # say what is wrong with it
+        kind = f"{kind}: {response_problem(body, request_id)}"
+    return ImageOutcome(image, response.status_code, body, latency_s, kind)
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
 
 
 def run(
-    base_url: str, folder: Path, concurrency: int, timeout_s: float, on_outcome: Callable[[Outcome], None]
-) -> Summary:
+    base_url: str, folder: Path, concurrency: int, timeout_s: float, on_outcome: Callable[[ImageOutcome], None]
+) -> RunSummary:
     url = base_url.rstrip("/") + ENDPOINT
     files = image_files(folder)
-    outcomes: list[Outcome] = []
+    outcomes: list[ImageOutcome] = []
     started = time.perf_counter()
     with requests.Session() as session, ThreadPoolExecutor(max_workers=concurrency) as pool:
         adapter = requests.adapters.HTTPAdapter(pool_maxsize=concurrency)
@@ -83,7 +94,7 @@ def run(
             outcomes.append(outcome)
             on_outcome(outcome)
     ok = [o for o in outcomes if o.problem is None]
-    return Summary(
+    return RunSummary(
         images=len(outcomes),
         ok=len(ok),
         failed=len(outcomes) - len(ok),

@@ -10,9 +10,11 @@ import dataclasses
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from clouddetect.settings_fields import setting, settings_values
 
 ENV_PREFIX = "CLOUDDETECT_"
 ENGINES = ("auto", "opencv", "openvino")
@@ -32,87 +34,83 @@ def _default_instance_name() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
 
 
-def _setting(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help}, **kwargs)
-
-
 @dataclass(frozen=True)
 class Settings:
     """The service's settings; defaults suit one pod with CPU 0.5 and memory 512Mi."""
 
-    host: str = _setting("0.0.0.0", "Address to listen on.")
-    port: int = _setting(5000, "TCP port to listen on (above 1024).")
-    workers: int = _setting(1, "Worker processes; each loads its own copy of the model.")
-    threads: int = _setting(256, "Request threads per worker; a request takes one once it has fully arrived.")
-    max_connections: int = _setting(
+    host: str = setting("0.0.0.0", "Address to listen on.")
+    port: int = setting(5000, "TCP port to listen on (above 1024).")
+    workers: int = setting(1, "Worker processes; each loads its own copy of the model.")
+    threads: int = setting(256, "Request threads per worker; a request takes one once it has fully arrived.")
+    max_connections: int = setting(
         4096, "Open connections per worker; past it new connections are closed at once; each costs ~18 KiB."
     )
-    listen_backlog: int = _setting(2048, "Connections the kernel queues until the worker accepts them.")
-    header_timeout_s: float = _setting(
+    listen_backlog: int = setting(2048, "Connections the kernel queues until the worker accepts them.")
+    header_timeout_s: float = setting(
         10.0, "Time to send a request's complete headers, from the connection's opening or previous answer."
     )
-    body_timeout_s: float = _setting(60.0, "Most time to send a request's body, however large (408 after).")
-    min_body_rate_bytes_per_s: int = _setting(
+    body_timeout_s: float = setting(60.0, "Most time to send a request's body, however large (408 after).")
+    min_body_rate_bytes_per_s: int = setting(
         16 * 1024, "Slowest upload accepted: a body gets header_timeout_s plus its size at this rate (408 after)."
     )
-    send_timeout_s: float = _setting(
+    send_timeout_s: float = setting(
         30.0, "Most time a client may take to receive an answer's bytes; a client that stops reading is cut off."
     )
-    max_requests_per_connection: int = _setting(
+    max_requests_per_connection: int = setting(
         1000, "Requests one keep-alive connection carries; the answer to the last says Connection: close."
     )
-    max_header_bytes: int = _setting(16 * 1024, "Largest request line and headers accepted (431 above).")
-    max_receiving_body_bytes: int = _setting(
+    max_header_bytes: int = setting(16 * 1024, "Largest request line and headers accepted (431 above).")
+    max_receiving_body_bytes: int = setting(
         64 * 1024 * 1024, "Bytes of bodies still arriving per worker; past it the answer is 503 with Retry-After."
     )
-    inference_threads: int = _setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
-    winograd: str = _setting(
+    inference_threads: int = setting(1, "OpenCV threads per inference; more than the CPU quota buys nothing.")
+    winograd: str = setting(
         "auto", "OpenCV's Winograd convolutions (~2x the images/s on AMD EPYC, +20% on Intel; peak memory 501 vs 296"
         " MiB): auto, on or off;"
         " auto turns them on where the memory limit is at least winograd_min_memory_bytes."
     )
-    winograd_min_memory_bytes: int = _setting(
+    winograd_min_memory_bytes: int = setting(
         640 * 1024 * 1024, "Memory limit (cgroup, else the machine's) from which winograd auto turns Winograd on:"
         " its 501 MiB peak stays under 80% of it (501 / 0.8 = 626, rounded up to 640 MiB)."
     )
     # The inference engine (see clouddetect.engines); openvino needs clouddetect[openvino] and `model convert`.
-    engine: str = _setting(
+    engine: str = setting(
         "auto", "Inference engine: auto (times the exact engines installed as the worker starts and keeps the fastest"
         " whose memory fits), opencv (the Darknet files, the reference) or openvino (the converted graph)."
     )
-    engine_trial_forwards: int = _setting(3, "Forward passes auto times each engine on (after one untimed pass).")
-    engine_memory_fraction: float = _setting(
+    engine_trial_forwards: int = setting(3, "Forward passes auto times each engine on (after one untimed pass).")
+    engine_memory_fraction: float = setting(
         0.8, "Share of the memory limit auto lets an engine, the process and the waiting requests' images take."
     )
-    precision: str = _setting(
+    precision: str = setting(
         "f32", "Arithmetic of the openvino engine: f32 (OpenCV's answers) or bf16 (faster, answers move slightly)."
     )
-    confidence_threshold: float = _setting(0.5, "Smallest class score reported.")
-    nms_threshold: float = _setting(
+    confidence_threshold: float = setting(0.5, "Smallest class score reported.")
+    nms_threshold: float = setting(
         0.4, "IoU above which the weaker of two overlapping boxes is dropped, whatever their classes."
     )
-    input_size_px: int = _setting(416, "Side of the square network input.")
-    max_waiting_requests: int = _setting(
+    input_size_px: int = setting(416, "Side of the square network input.")
+    max_waiting_requests: int = setting(
         192, "Requests per worker waiting for inference; past it the answer is 503 with Retry-After."
     )
-    max_waiting_body_bytes: int = _setting(
+    max_waiting_body_bytes: int = setting(
         128 * 1024 * 1024, "Bytes of request bodies waiting for inference per worker; past it the answer is 503."
     )
-    malloc_arenas: int = _setting(
+    malloc_arenas: int = setting(
         2, "glibc malloc arenas per worker; glibc's own limit (8 per core) keeps more freed memory."
     )
-    decode_slots: int = _setting(1, "Images decoded at once per worker; bounds the memory of large photos.")
-    retry_after_s: int = _setting(1, "Retry-After sent with 503 answers.")
-    max_body_bytes: int = _setting(16 * 1024 * 1024, "Largest request body accepted (413 above).")
-    max_image_pixels: int = _setting(
+    decode_slots: int = setting(1, "Images decoded at once per worker; bounds the memory of large photos.")
+    retry_after_s: int = setting(1, "Retry-After sent with 503 answers.")
+    max_body_bytes: int = setting(16 * 1024 * 1024, "Largest request body accepted (413 above).")
+    max_image_pixels: int = setting(
         25_000_000, "Largest image decoded, width x height (413 above): a small file can hold a huge image."
     )
-    graceful_timeout_s: int = _setting(30, "Time in-flight requests get to finish after SIGTERM.")
-    keepalive_s: float = _setting(5.0, "How long a connection that sends nothing is held open (idle keep-alive).")
-    model_dir: Path = _setting(_default_model_dir(), "Folder holding yolov3-tiny.cfg, .weights and coco.names.")
-    download_timeout_s: int = _setting(300, "Time allowed to download the model files.")
-    instance_name: str = _setting(_default_instance_name(), "Name logged with each request (pod or host).")
-    log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    graceful_timeout_s: int = setting(30, "Time in-flight requests get to finish after SIGTERM.")
+    keepalive_s: float = setting(5.0, "How long a connection that sends nothing is held open (idle keep-alive).")
+    model_dir: Path = setting(_default_model_dir(), "Folder holding yolov3-tiny.cfg, .weights and coco.names.")
+    download_timeout_s: int = setting(300, "Time allowed to download the model files.")
+    instance_name: str = setting(_default_instance_name(), "Name logged with each request (pod or host).")
+    log_level: str = setting("info", "Log level: debug, info, warning or error.")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -150,25 +148,3 @@ class Settings:
         if self.engine != "openvino" and self.precision != "f32":
             raise ValueError(f"precision {self.precision} needs engine openvino; {self.engine} runs f32 only")
         object.__setattr__(self, "model_dir", Path(self.model_dir))
-
-
-def settings_values(cls: type, prefix: str, environ: Mapping[str, str] | None,
-                    overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A settings dataclass's values from ``<prefix><NAME>`` environment variables, then overrides (None: not given)."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        raw = env.get(prefix + f.name.upper())
-        if raw is not None:
-            values[f.name] = _parse(f.type, raw, prefix + f.name.upper())
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return values
-
-
-def _parse(type_name: Any, raw: str, variable: str) -> Any:
-    kind = {"int": int, "float": float, "Path": Path, "str": str}[str(type_name)]
-    try:
-        return kind(raw)
-    except ValueError as exc:
-        raise ValueError(f"{variable}={raw!r}: {exc}") from None
-

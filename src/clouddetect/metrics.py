@@ -7,13 +7,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 # One image costs ~0.1 s of CPU alone and seconds under load; buckets reach past a 30 s client timeout.
 _LATENCY_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60)
 _INFERENCE_BUCKETS_S = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, 0.5, 1)
+# Names the lab reads back from /metrics too.
+REQUESTS = "clouddetect_requests"
+IN_FLIGHT = "clouddetect_requests_in_flight"
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "clouddetect_requests", "Detection requests answered, by HTTP status.", ["status"],
+            REQUESTS, "Detection requests answered, by HTTP status.", ["status"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -25,7 +28,7 @@ class Metrics:
             buckets=_INFERENCE_BUCKETS_S, registry=self.registry,
         )
         self.in_flight = Gauge(
-            "clouddetect_requests_in_flight", "Detection requests being served now.", registry=self.registry
+            IN_FLIGHT, "Detection requests being served now.", registry=self.registry
         )
         self.objects = Counter(
             "clouddetect_objects_detected", "Objects found, by label.", ["label"], registry=self.registry

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from clouddetect.lab.faults import FaultSettings, LoadLoop, Outcome, Sample, Timeline, capacity_back, summarise
+from clouddetect.lab.faults import (
+    ClusterSample,
+    FaultSettings,
+    LoadLoop,
+    RequestOutcome,
+    Timeline,
+    capacity_back,
+    fault_result,
+)
 from support import LiveServer, free_port
 
 LOAD_S = 2.0
@@ -27,12 +35,12 @@ def test_load_loop_records_every_answer_of_a_real_server(server: LiveServer, ima
 def test_load_loop_records_refused_connections_as_failures(images: list[Path]) -> None:
     with LoadLoop(f"http://127.0.0.1:{free_port()}", images[0].parent, 1, REQUEST_TIMEOUT_S, time.monotonic) as load:
         time.sleep(0.2)
-    assert load.outcomes and {o.error for o in load.outcomes} == {"ConnectionError"}
+    assert load.outcomes and {o.error for o in load.outcomes} == {"connection error: ConnectionError"}
     assert all("Connection refused" in (o.detail or "") for o in load.outcomes)  # what the client was told
 
 
-def sample(at_s: float, ready: int, pods: dict[str, int], endpoints: dict[str, int] | None = None) -> Sample:
-    return Sample(at_s, ready, pods, pods if endpoints is None else endpoints)
+def sample(at_s: float, ready: int, pods: dict[str, int], endpoints: dict[str, int] | None = None) -> ClusterSample:
+    return ClusterSample(at_s, ready, pods, pods if endpoints is None else endpoints)
 
 
 def test_capacity_is_back_when_all_pods_serve_again_after_a_dip() -> None:
@@ -47,8 +55,9 @@ def test_a_lost_node_summary_times_endpoints_and_rescheduling() -> None:
         sample(20.0, 2, {"w1": 2, "w2": 2}, {"w1": 2}),
         sample(35.0, 4, {"w1": 4}),
     ])
-    outcomes = [Outcome(1.0, 2.0, None), Outcome(9.0, 9.5, None), Outcome(10.5, 15.0, "ReadTimeout", "Read timed out.")]
-    result = summarise("node-loss", {"node": "w2"}, outcomes, timeline, 10.0, 4, SETTINGS)
+    outcomes = [RequestOutcome(1.0, 2.0, None), RequestOutcome(9.0, 9.5, None),
+                RequestOutcome(10.5, 15.0, "ReadTimeout", "Read timed out.")]
+    result = fault_result("node-loss", {"node": "w2"}, outcomes, timeline, 10.0, 4, SETTINGS)
     assert result["failed_requests"] == 1 and result["failures_by_kind"] == {"ReadTimeout": 1}
     assert result["endpoints_off_lost_node_s"] == 10.0
     assert result["rescheduled_s"] == 25.0 == result["capacity_back_s"]

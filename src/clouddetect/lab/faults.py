@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,26 +27,29 @@ import click
 import requests
 
 from clouddetect.images import default_folder, encode_file, image_files
-from clouddetect.lab.capacity.targets import Kubernetes, PlatformError, is_serving, poll
-from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, response_problem
+from clouddetect.lab.capacity.targets import Kubernetes, KubernetesSettings, PlatformError, is_serving, poll
+from clouddetect.settings_fields import click_options, setting
+from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, failure_kind
 
 FAULTS = ("pod-delete", "rollout-restart", "node-loss")
-POD_PORT = 5000  # the pods' own port; faults read nothing from pods directly
 DETAIL_CHARS = 500  # of a failed request's answer or exception, kept in the result
 
 
 @dataclass(frozen=True)
 class FaultSettings:
-    users: int
-    before_s: float  # steady load before the fault
-    after_s: float  # load kept up once the Deployment is whole again
-    recovery_timeout_s: float
-    request_timeout_s: float
-    poll_interval_s: float
+    users: int = setting(8, "Closed-loop users.", low=1)
+    before_s: float = setting(10.0, "Steady load before the fault.", low=0)
+    after_s: float = setting(5.0, "Load kept up once the Deployment is whole again.", low=0)
+    recovery_timeout_s: float = setting(300.0, "Most time to wait for the Deployment to be whole again after the "
+                                               "fault.", low=0)
+    request_timeout_s: float = setting(DEFAULT_REQUEST_TIMEOUT_S, "An answer slower than this is a failed request.",
+                                       low=0, low_open=True)
+    poll_interval_s: float = setting(0.5, "Time between samples of the pods and the Service's endpoints.", low=0,
+                                     low_open=True)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RequestOutcome:
     started_s: float
     ended_s: float
     error: str | None  # None: a 200 answer
@@ -54,7 +57,7 @@ class Outcome:
 
 
 @dataclass
-class Sample:
+class ClusterSample:
     at_s: float
     ready_pods: int
     pods_by_node: dict[str, int]
@@ -63,7 +66,7 @@ class Sample:
 
 @dataclass
 class Timeline:
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[ClusterSample] = field(default_factory=list)
 
 
 class LoadLoop:
@@ -75,7 +78,7 @@ class LoadLoop:
         self.users = users
         self.request_timeout_s = request_timeout_s
         self.clock = clock
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[RequestOutcome] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(users)]
 
@@ -99,44 +102,31 @@ class LoadLoop:
             detail = None
             try:
                 response = session.post(self.url, json=body, timeout=self.request_timeout_s)
-                error = f"HTTP {response.status_code}" if response.status_code != 200 else _answer_problem(response,
-                                                                                                         body["id"])
+                error = failure_kind(response.status_code, response.text, body["id"], self.clock() - started,
+                                     self.request_timeout_s)
                 if error:
                     detail = response.text[:DETAIL_CHARS]
             except requests.RequestException as exc:
-                error, detail = type(exc).__name__, str(exc)[:DETAIL_CHARS]
-            self.outcomes.append(Outcome(started, self.clock(), error, detail))
-
-
-def _answer_problem(response: requests.Response, request_id: str) -> str | None:
-    """A 200 counts only when its answer keeps the contract, as the load test judges it."""
-    try:
-        problem = response_problem(response.json(), request_id)
-    except ValueError:
-        problem = "answer is not JSON"
-    return None if problem is None else "bad answer"
+                error = failure_kind(0, None, body["id"], self.clock() - started, self.request_timeout_s, exc)
+                detail = str(exc)[:DETAIL_CHARS]
+            self.outcomes.append(RequestOutcome(started, self.clock(), error, detail))
 
 
 class Cluster(Kubernetes):
     """The lab's Deployment on Kubernetes, and what a fault needs besides: endpoints by node, a pod deleted, a
     rolling restart."""
 
-    def __init__(self, namespace: str, deployment: str, service: str, kubeconfig: str | None,
-                 recovery_timeout_s: float, poll_interval_s: float):
-        super().__init__(namespace, deployment, service, None, POD_PORT, recovery_timeout_s, poll_interval_s,
-                         kubeconfig)
-
     def replicas(self) -> int:
         return self.apps.read_namespaced_deployment(self.deployment, self.namespace).spec.replicas
 
-    def sample(self, at_s: float) -> Sample:
+    def sample(self, at_s: float) -> ClusterSample:
         serving = [p for p in self._listed_pods() if is_serving(p)]
         endpoints = self.core.read_namespaced_endpoints(self.service, self.namespace)
         endpoint_nodes: Counter[str] = Counter()
         for subset in endpoints.subsets or []:
             for address in subset.addresses or []:
                 endpoint_nodes[address.node_name or "?"] += 1
-        return Sample(at_s, len(serving), dict(Counter(p.spec.node_name for p in serving)), dict(endpoint_nodes))
+        return ClusterSample(at_s, len(serving), dict(Counter(p.spec.node_name for p in serving)), dict(endpoint_nodes))
 
     def pods_on(self, node: str) -> int:
         return sum(1 for p in self._listed_pods() if p.spec.node_name == node)
@@ -169,13 +159,14 @@ def sample_until(cluster: Cluster, timeline: Timeline, stop: threading.Event, cl
         stop.wait(interval_s)
 
 
-def first_time(samples: list[Sample], after_s: float, condition: Callable[[Sample], bool]) -> float | None:
+def first_time(samples: list[ClusterSample], after_s: float,
+               condition: Callable[[ClusterSample], bool]) -> float | None:
     """Seconds after ``after_s`` until the first sample that meets ``condition``."""
     return next((s.at_s - after_s for s in samples if s.at_s >= after_s and condition(s)), None)
 
 
-def summarise(fault: str, detail: dict[str, Any], outcomes: list[Outcome], timeline: Timeline, fault_at_s: float,
-              replicas: int, settings: FaultSettings) -> dict[str, Any]:
+def fault_result(fault: str, detail: dict[str, Any], outcomes: list[RequestOutcome], timeline: Timeline,
+                 fault_at_s: float, replicas: int, settings: FaultSettings) -> dict[str, Any]:
     failed = [o for o in outcomes if o.error]
     samples = timeline.samples
     lost_node = detail.get("node")
@@ -204,13 +195,13 @@ def summarise(fault: str, detail: dict[str, Any], outcomes: list[Outcome], timel
     return result
 
 
-def capacity_back(samples: list[Sample], fault_at_s: float, replicas: int) -> float | None:
+def capacity_back(samples: list[ClusterSample], fault_at_s: float, replicas: int) -> float | None:
     dip = next((s.at_s for s in samples if s.at_s >= fault_at_s and s.ready_pods < replicas), None)
     back = None if dip is None else first_time(samples, dip, lambda s: s.ready_pods == replicas)
     return None if dip is None or back is None else round(dip + back - fault_at_s, 1)
 
 
-def rate(outcomes: list[Outcome], from_s: float, to_s: float) -> float:
+def rate(outcomes: list[RequestOutcome], from_s: float, to_s: float) -> float:
     answered = sum(1 for o in outcomes if o.error is None and from_s <= o.ended_s < to_s)
     return round(answered / (to_s - from_s), 2) if to_s > from_s else 0.0
 
@@ -273,7 +264,7 @@ def run_fault(fault: str, url: str, images: Path, cluster: Cluster, settings: Fa
             time.sleep(settings.after_s)
     stop_sampling.set()
     sampler.join()
-    result = summarise(fault, detail, load.outcomes, timeline, fault_at_s, replicas, settings)
+    result = fault_result(fault, detail, load.outcomes, timeline, fault_at_s, replicas, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     echo(f"{fault}: {result['failed_requests']} of {result['requests']} requests failed "
@@ -285,34 +276,20 @@ def run_fault(fault: str, url: str, images: Path, cluster: Cluster, settings: Fa
 @click.argument("fault", type=click.Choice(FAULTS))
 @click.option("--service-url", required=True, help="Where the load goes, e.g. the NodePort on the controller.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="JSON result file.")
-@click.option("--users", default=8, show_default=True, type=click.IntRange(min=1), help="Closed-loop users.")
-@click.option("--before-s", default=10.0, show_default=True, type=click.FloatRange(min=0),
-              help="Steady load before the fault.")
-@click.option("--after-s", default=5.0, show_default=True, type=click.FloatRange(min=0),
-              help="Load kept up once the Deployment is whole again.")
-@click.option("--recovery-timeout-s", default=300.0, show_default=True, type=click.FloatRange(min=0),
-              help="Most time to wait for the Deployment to be whole again after the fault.")
-@click.option("--request-timeout-s", default=DEFAULT_REQUEST_TIMEOUT_S, show_default=True,
-              type=click.FloatRange(min=0, min_open=True),
-              help="An answer slower than this is a failed request.")
-@click.option("--poll-interval-s", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Time between samples of the pods and the Service's endpoints.")
+@click_options(FaultSettings)
 @click.option("--node", help="node-loss: the node to lose.")
 @click.option("--stop-node-command", help="node-loss: a command that stops the node named after it, "
                                           "e.g. 'scripts/test-cluster stop-node'.")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of images to send [default: $CLOUDDETECT_IMAGES or ../shared/datasets/inputfolder].")
-@click.option("--namespace", default="default", show_default=True)
-@click.option("--deployment", default="clouddetect", show_default=True)
-@click.option("--service", default="clouddetect", show_default=True)
-@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="[default: as kubectl finds it]")
+@click_options(KubernetesSettings, ["namespace", "deployment", "service", "kubeconfig"])
 def faults(fault: str, **options: Any) -> None:
     """Inject FAULT (pod-delete, rollout-restart, node-loss) under steady load; record what users saw as JSON."""
-    settings = FaultSettings(options["users"], options["before_s"], options["after_s"], options["recovery_timeout_s"],
-                             options["request_timeout_s"], options["poll_interval_s"])
+    settings = FaultSettings(**{f.name: options[f.name] for f in fields(FaultSettings)})
+    chosen = {name: options[name] for name in ("namespace", "deployment", "service", "kubeconfig")}
+    target = KubernetesSettings(**chosen, ready_timeout_s=settings.recovery_timeout_s)
     try:
-        cluster = Cluster(options["namespace"], options["deployment"], options["service"], options["kubeconfig"],
-                          settings.recovery_timeout_s, settings.poll_interval_s)
+        cluster = Cluster(target, settings.poll_interval_s)
         run_fault(fault, options["service_url"], options["images"] or default_folder(), cluster, settings,
                   options["out"], click.echo, options["node"], options["stop_node_command"])
     except PlatformError as exc:

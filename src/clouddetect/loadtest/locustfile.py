@@ -17,13 +17,13 @@ from locust import FastHttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 
-from clouddetect.images import IMAGES_ENV, default_folder, encode_file, image_files
+from clouddetect.images import IMAGES_ENV, encode_file, image_files
 from clouddetect.loadtest import tally
-from clouddetect.loadtest.checks import failure_kind
-from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT
+from clouddetect.loadtest.settings import LoadSettings, locust_flag
+from clouddetect.settings_fields import add_arguments
+from clouddetect.verdicts import ENDPOINT, failure_kind
 
 JSON_HEADERS = {"Content-Type": "application/json"}
-IMAGE_ORDERS = ("sequence", "random")
 
 # The JSON text of each image's "image" member, built once at start-up.
 _encoded_images: list[bytes] = []
@@ -31,14 +31,9 @@ _encoded_images: list[bytes] = []
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser: LocustArgumentParser) -> None:
-    # Options travel to the web UI as JSON and to workers as msgpack: plain strings, not Paths.
-    parser.add_argument("--images", default=str(default_folder()), env_var=IMAGES_ENV,
-                        help="Folder of image files to send (default: $CLOUDDETECT_IMAGES or the test images).")
-    parser.add_argument("--image-order", choices=IMAGE_ORDERS, default="sequence",
-                        help="Each user sends the images in folder order, or picks one at random per request.")
-    parser.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
-                        help="An answer slower than this counts as a failure.")
-    parser.add_argument("--wait-s", type=float, default=0.0, help="Think time of a user between two requests.")
+    add_arguments(parser, LoadSettings, locust_flag, ["timeout_s", "image_order", "wait_s"])
+    # The images may also come from the environment, as everywhere in the project.
+    add_arguments(parser, LoadSettings, locust_flag, ["images"], env_var=IMAGES_ENV)
 
 
 @events.init.add_listener

@@ -32,9 +32,18 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import RequestStats
 
-from clouddetect.lab.capacity.locust_runs import PROGRESS_PREFIX, LoadSettings
 from clouddetect.loadtest import tally
+from clouddetect.loadtest.settings import (
+    PROGRESS_PREFIX,
+    SHAPE_SETTINGS,
+    STEP_SETTINGS,
+    LoadSettings,
+    StepPlan,
+    locust_flag,
+    stop_timeout_s,
+)
 from clouddetect.loadtest.stability import Sample, SaturationProbe, is_stable, users_at, window_means
+from clouddetect.settings_fields import add_arguments
 
 # Failures reach a distributed master as the repr of the worker's exception.
 _CATCH_RESPONSE_REPR = re.compile(r"^CatchResponseError\('(.*)'\)$")
@@ -45,30 +54,10 @@ PROBE_WINDOWS_PER_TIMEOUT = 4
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser: LocustArgumentParser) -> None:
-    options = {
-        "--lab-users": {"type": int, "required": True, "help": "Users to reach and hold."},
-        "--lab-spawn-rate": {"type": float, "required": True, "help": "Users started per second."},
-        "--lab-hold-s": {"type": float, "default": 0.0, "help": "Time to hold the target once reached."},
-        "--lab-outcome": {"required": True, "help": "JSON file the outcome is written to."},
-        "--lab-progress-interval-s": {"type": float, "default": 5.0, "help": "Time between progress lines."},
-        "--lab-start-users": {"type": int, "default": 0, "help": "Users reached quickly before ramping."},
-        "--lab-jump-spawn-rate": {"type": float, "default": LoadSettings.jump_spawn_rate,
-                                  "help": "Users started per second in a jump."},
-        "--lab-start-fraction": {"type": float, "default": 0.0,
-                                 "help": "Search: once saturated, jump to this share of throughput x timeout."},
-        "--lab-probe-window-s": {"type": float, "default": LoadSettings.probe_window_s,
-                                 "help": "Window of the saturation probe."},
-        "--lab-hold-windows": {"type": int, "default": LoadSettings.hold_windows,
-                               "help": "Windows the hold is split into."},
-        "--lab-stable-tolerance-pct": {"type": float, "default": LoadSettings.stable_tolerance_pct,
-                                       "help": "How far a window's mean response time may be from the hold's."},
-        "--lab-max-extension-s": {"type": float, "default": LoadSettings.max_extension_s,
-                                  "help": "Longest extension of an unstable hold."},
-        "--lab-drain-timeout-s": {"type": float, "default": 70.0,
-                                  "help": "Time the requests in flight get to be judged when a step ends."},
-    }
-    for flag, kwargs in options.items():
-        parser.add_argument(flag, include_in_web_ui=False, **kwargs)
+    add_arguments(parser, LoadSettings, locust_flag, SHAPE_SETTINGS, include_in_web_ui=False)
+    add_arguments(parser, StepPlan, locust_flag, STEP_SETTINGS, include_in_web_ui=False)
+    parser.add_argument("--lab-outcome", required=True, include_in_web_ui=False,
+                        help="JSON file the outcome is written to.")
 
 
 class CapacityShape(LoadTestShape):
@@ -176,7 +165,7 @@ class CapacityShape(LoadTestShape):
             self.runner.start(0, spawn_rate=max(1.0, float(self.runner.user_count)))
         else:
             self.runner.stop()
-        deadline = time.monotonic() + self.runner.environment.parsed_options.lab_drain_timeout_s
+        deadline = time.monotonic() + stop_timeout_s(self.runner.environment.parsed_options.request_timeout_s)
         while not self._drained() and time.monotonic() < deadline:
             gevent.sleep(DRAIN_POLL_S)
         return None

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from clouddetect.lab.capacity.experiment import STEP_OVERHEAD_S, expected_run_s
-from clouddetect.lab.capacity.locust_runs import LoadSettings
 from clouddetect.lab.capacity.search import SearchSettings
+from clouddetect.loadtest.settings import LoadSettings
 
 SEARCH = SearchSettings(spawn_rate=2.0, confirm_spawn_rate=1.0, hold_s=60.0, max_users=3000, step_down_pct=10.0,
                         start_fraction=0.6, slo_p95_s=0.0)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from clouddetect.lab.capacity.locust_runs import StepOutcome, StepPlan
+from clouddetect.lab.capacity.locust_runs import StepOutcome
 from clouddetect.lab.capacity.search import SearchSettings, Step, find_capacity, first_guess, step_down
+from clouddetect.loadtest.settings import StepPlan
 
 MAX_USERS = 3000
 TIMEOUT_S = 30.0
@@ -55,7 +56,7 @@ class ClosedLoopService:
 
 def test_search_jumps_then_confirms_one_below_the_first_failure_ramping_its_last_step() -> None:
     service = ClosedLoopService(capacity=120)
-    capacity = find_capacity(service.measure, SETTINGS)
+    capacity = find_capacity(service.measure, SETTINGS, 0.0)
     search, confirm = service.asked[:2]
     assert search.start_fraction == SETTINGS.start_fraction and search.users == MAX_USERS
     assert confirm.users == 125 and confirm.spawn_rate == SETTINGS.confirm_spawn_rate
@@ -66,14 +67,14 @@ def test_search_jumps_then_confirms_one_below_the_first_failure_ramping_its_last
 
 def test_a_failed_confirmation_steps_down_until_one_holds() -> None:
     service = ClosedLoopService(capacity=100)
-    capacity = find_capacity(service.measure, SETTINGS)
+    capacity = find_capacity(service.measure, SETTINGS, 0.0)
     assert [s.outcome.users for s in capacity.confirmations] == [105, 94]
     assert capacity.max_users == 94 and capacity.accepted is capacity.confirmations[-1]
 
 
 def test_the_users_within_the_latency_objective_come_from_littles_law_and_step_down() -> None:
     service = ClosedLoopService(capacity=120)
-    capacity = find_capacity(service.measure, SETTINGS)
+    capacity = find_capacity(service.measure, SETTINGS, 0.0)
     slo_steps = [p for p in service.asked if p.name.startswith("slo-")]
     # 5 req/s x 2 s x (mean / p95 = 1 / 1.2) = 8 users, whose p95 is 8 / 5 x 1.2 = 1.92 s: within 2 s.
     assert [p.users for p in slo_steps] == [8]
@@ -84,7 +85,7 @@ def test_the_users_within_the_latency_objective_come_from_littles_law_and_step_d
 def test_a_guess_over_the_objective_steps_down_until_within_it() -> None:
     # A fixed 0.5 s on top of the queue: at light load p95 / mean is wider than at capacity, so the guess is high.
     service = ClosedLoopService(capacity=120, floor_ms=500.0)
-    capacity = find_capacity(service.measure, SETTINGS)
+    capacity = find_capacity(service.measure, SETTINGS, 0.0)
     assert [s.outcome.users for s in capacity.slo_steps] == [8, 7, 6]
     assert capacity.slo_users == 6 and capacity.slo_held is capacity.slo_steps[-1]
 
@@ -92,7 +93,7 @@ def test_a_guess_over_the_objective_steps_down_until_within_it() -> None:
 def test_saturation_throughput_is_that_of_the_held_capacity() -> None:
     # The ramp measured 3 req/s (the machine was busier then); the held capacity served 5 req/s.
     service = ClosedLoopService(capacity=120, search_rps=3.0)
-    capacity = find_capacity(service.measure, SETTINGS)
+    capacity = find_capacity(service.measure, SETTINGS, 0.0)
     assert capacity.search.outcome.saturation_rps == 3.0
     assert capacity.saturation_rps == capacity.accepted.outcome.rps == 5.0
     assert capacity.slo_users == 8  # from 5 req/s, as above
@@ -100,13 +101,13 @@ def test_saturation_throughput_is_that_of_the_held_capacity() -> None:
 
 def test_a_capacity_within_the_objective_needs_no_further_step() -> None:
     service = ClosedLoopService(capacity=5)
-    capacity = find_capacity(service.measure, SETTINGS)
+    capacity = find_capacity(service.measure, SETTINGS, 0.0)
     assert not capacity.slo_steps and capacity.slo_users == capacity.max_users == 5
 
 
 def test_no_objective_no_slo_steps() -> None:
     service = ClosedLoopService(capacity=120)
-    capacity = find_capacity(service.measure, SearchSettings(**{**SETTINGS.__dict__, "slo_p95_s": 0.0}))
+    capacity = find_capacity(service.measure, SearchSettings(**{**SETTINGS.__dict__, "slo_p95_s": 0.0}), 0.0)
     assert not capacity.slo_steps and capacity.slo_users is None
 
 

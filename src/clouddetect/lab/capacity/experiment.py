@@ -8,29 +8,51 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from clouddetect.lab.capacity.locust_runs import LoadSettings, StepOutcome, StepPlan, run_step
+from clouddetect.lab.capacity.locust_runs import StepOutcome, run_step
 from clouddetect.lab.capacity.results import Experiment, RunRecord, StepRecord, run_key
 from clouddetect.lab.capacity.search import Capacity, Measure, SearchSettings, Step, find_capacity
 from clouddetect.lab.capacity.targets import Platform, PodMetrics, poll
+from clouddetect.loadtest.settings import LoadSettings, StepPlan
+from clouddetect.settings_fields import setting
+from clouddetect.verdicts import describe_kinds
 
 Echo = Callable[[str], None]
 # Start-up of Locust (reading and encoding the images) and the lab's checks around each step.
 STEP_OVERHEAD_S = 8.0
-# Users without think time fail near this share of throughput x timeout (measured on one 0.5-CPU server).
-EXPECTED_CAPACITY_SHARE = 0.75
+# A closed loop of users without think time holds about this share of throughput x timeout with no failure:
+# the rest of the timeout is the margin the slowest answers need (measured: 30 s and 5 s timeouts, one pod).
+TIMEOUT_SHARE_HELD = 0.75
+# The table the assignment asks for: these pod counts, each from both client locations, repeated.
+ASSIGNMENT_PODS = (1, 2, 4, 8)
+CLIENT_LOCATIONS = ("master", "remote")
 
 
 @dataclass(frozen=True)
 class Plan:
+    """Which runs an experiment makes, and how long it waits for the service between them."""
+
     pods: list[int]
-    repeats: int
-    client_location: str
-    drain_timeout_s: float
-    poll_interval_s: float
+    repeats: int = setting(3, "Runs per pod count.", low=1)
+    client_location: str = setting("master", "Where this load generator runs; a label that keeps both sets apart "
+                                   "in one report.", choices=CLIENT_LOCATIONS)
+    drain_timeout_s: float = setting(180.0, "Time the service gets to finish queued requests before a step.", low=0)
+    poll_interval_s: float = setting(1.0, "Time between readiness and drain checks.", low=0, low_open=True)
+
+
+# Load settings that describe how requests are made, not where they come from or how progress is shown.
+_NOT_CONDITIONS = ("images", "locust_processes", "progress_interval_s")
+
+
+def experiment_conditions(platform: str, search: SearchSettings, load: LoadSettings, image_count: int,
+                          client_link: dict[str, Any] | None) -> dict[str, Any]:
+    """What every run of an experiment shares, recorded in experiment.json; a resumed experiment must match it."""
+    shared = {f.name: getattr(load, f.name) for f in fields(load) if f.name not in _NOT_CONDITIONS}
+    return {"platform": platform, **shared, **asdict(search), "image_count": image_count, "client_link": client_link}
 
 
 def served(before: dict[str, PodMetrics], after: dict[str, PodMetrics]) -> dict[str, int]:
@@ -50,11 +72,11 @@ def wait_drained(platform: Platform, timeout_s: float, interval_s: float) -> Non
 def expected_run_s(pods: int, search: SearchSettings, load: LoadSettings, pod_rps: float) -> float:
     """How long one run should take if its first guesses hold, from the time each phase needs at ``pod_rps``.
 
-    Users without think time fail near ``EXPECTED_CAPACITY_SHARE`` x throughput x timeout; the requests in flight
+    Users without think time fail near ``TIMEOUT_SHARE_HELD`` x throughput x timeout; the requests in flight
     when a step ends take about one response time to be judged; the first timeout is seen a timeout after it began.
     """
     rps = pods * pod_rps
-    capacity = min(search.max_users, rps * (EXPECTED_CAPACITY_SHARE * load.timeout_s + load.wait_s))
+    capacity = min(search.max_users, rps * (TIMEOUT_SHARE_HELD * load.timeout_s + load.wait_s))
     start = min(capacity, rps * (search.start_fraction * load.timeout_s + load.wait_s)) if search.start_fraction else 0
     response_s = min(load.timeout_s, capacity / rps)
     jump_s = start / load.jump_spawn_rate
@@ -115,7 +137,8 @@ class Runner:
         started_at, started_s = _now(), time.monotonic()
         endpoint = self.platform.endpoint()
         label = f"{pods} pods, repeat {repeat}/{self.plan.repeats}"
-        capacity = find_capacity(self._measure(endpoint, self.experiment.raw_dir(key), label), self.search)
+        capacity = find_capacity(self._measure(endpoint, self.experiment.raw_dir(key), label), self.search,
+                                 self.load.wait_s)
         return self._record(key, endpoint, capacity, started_at, time.monotonic() - started_s)
 
     def _measure(self, endpoint: str, raw_dir: Path, label: str) -> Measure:
@@ -126,7 +149,7 @@ class Runner:
             self.say(f"{step_label}: starting")
             outcome = run_step(endpoint, step, self.load, raw_dir / step.name,
                                lambda line: self.say(f"{step_label}: {line}"))
-            verdict = "held" if outcome.passed else f"failed ({_kinds(outcome.failure_kinds)})"
+            verdict = "held" if outcome.passed else f"failed ({describe_kinds(outcome.failure_kinds, none='none')})"
             unjudged = outcome.requests_sent - outcome.requests_judged
             self.say(f"{step_label}: {verdict}; p95 {_ms(outcome.p95_ms)}; {outcome.requests_judged} of "
                      f"{outcome.requests_sent} requests judged" + (f" ({unjudged} never answered)" if unjudged else ""))
@@ -187,7 +210,3 @@ def _rps(value: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
-
-
-def _kinds(kinds: dict[str, int]) -> str:
-    return ", ".join(f"{count} x {kind}" for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1])) or "none"

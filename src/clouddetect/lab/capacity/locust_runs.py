@@ -18,54 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import clouddetect.loadtest
+from clouddetect.loadtest.settings import (
+    LOCUSTFILE_FLAGS,
+    PROGRESS_PREFIX,
+    SHAPE_SETTINGS,
+    STEP_SETTINGS,
+    LoadSettings,
+    StepPlan,
+    locust_flag,
+)
+from clouddetect.settings_fields import arguments
 
 LOCUSTFILE = Path(clouddetect.loadtest.__file__).with_name("locustfile.py")
 SHAPE_FILE = LOCUSTFILE.with_name("shape.py")
-# Lines the load shape prints for the lab to echo.
-PROGRESS_PREFIX = "progress:"
 ECHOED_LOG_LEVELS = ("/WARNING/", "/ERROR/", "/CRITICAL/")
 LOCUST_EXIT_TIMEOUT_S = 60.0
-# Beyond the time its requests may take, what a step's end may take to collect the last counts.
-STOP_MARGIN_S = 10.0
 
 
 class LoadError(RuntimeError):
     """A Locust run ended without an outcome."""
-
-
-@dataclass(frozen=True)
-class LoadSettings:
-    """How requests are generated and steps judged; the same for every step of an experiment."""
-
-    timeout_s: float
-    images: Path
-    image_order: str
-    locust_processes: int
-    progress_interval_s: float
-    wait_s: float = 0.0
-    jump_spawn_rate: float = 20.0
-    probe_window_s: float = 5.0
-    hold_windows: int = 4
-    stable_tolerance_pct: float = 10.0
-    max_extension_s: float = 60.0
-
-    @property
-    def stop_timeout_s(self) -> float:
-        """How long a stopped user's last request may still take: connecting and answering each have the timeout."""
-        return 2 * self.timeout_s + STOP_MARGIN_S
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """One load step: reach ``users`` (jumping to ``start_users`` first, then at ``spawn_rate``) and hold them."""
-
-    name: str
-    users: int
-    spawn_rate: float
-    hold_s: float = 0.0
-    start_users: int = 0
-    # Search only: once saturated, jump to this share of saturation throughput x timeout (0: no jump).
-    start_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,14 +73,8 @@ def locust_command(url: str, step: StepPlan, load: LoadSettings, prefix: Path) -
         sys.executable, "-m", "locust", "-f", f"{LOCUSTFILE},{SHAPE_FILE}", "--headless", "--host", url,
         "--csv", str(prefix), "--csv-full-history", "--only-summary", "--exit-code-on-error", "0",
         "--stop-timeout", str(math.ceil(load.stop_timeout_s)),  # whole seconds only
-        "--images", str(load.images), "--image-order", load.image_order,
-        "--request-timeout-s", str(load.timeout_s), "--wait-s", str(load.wait_s),
-        "--lab-users", str(step.users), "--lab-spawn-rate", str(step.spawn_rate), "--lab-hold-s", str(step.hold_s),
-        "--lab-start-users", str(step.start_users), "--lab-start-fraction", str(step.start_fraction),
-        "--lab-jump-spawn-rate", str(load.jump_spawn_rate), "--lab-probe-window-s", str(load.probe_window_s),
-        "--lab-hold-windows", str(load.hold_windows), "--lab-stable-tolerance-pct", str(load.stable_tolerance_pct),
-        "--lab-max-extension-s", str(load.max_extension_s), "--lab-drain-timeout-s", str(load.stop_timeout_s),
-        "--lab-outcome", str(outcome_path(prefix)), "--lab-progress-interval-s", str(load.progress_interval_s),
+        *arguments(load, locust_flag, [*LOCUSTFILE_FLAGS, *SHAPE_SETTINGS]),
+        *arguments(step, locust_flag, STEP_SETTINGS), "--lab-outcome", str(outcome_path(prefix)),
     ]
     if load.locust_processes:
         # Locust's default master port is shared by every Locust on the machine: take a free one.

@@ -17,20 +17,30 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from clouddetect.lab.capacity.locust_runs import StepOutcome, StepPlan
+from clouddetect.lab.capacity.locust_runs import StepOutcome
+from clouddetect.loadtest.settings import StepPlan
+from clouddetect.settings_fields import setting
 
 
 @dataclass(frozen=True)
 class SearchSettings:
-    spawn_rate: float
-    confirm_spawn_rate: float
-    hold_s: float
-    max_users: int
-    step_down_pct: float
-    start_fraction: float = 0.6
-    slo_p95_s: float = 2.0  # 0: no latency objective
-    slo_hold_s: float = 20.0
-    wait_s: float = 0.0
+    """How the breaking point is searched and confirmed; the same for every run of an experiment."""
+
+    spawn_rate: float = setting(2.0, "Users started per second while searching for the breaking point.",
+                                low=0, low_open=True)
+    confirm_spawn_rate: float = setting(1.0, "Users started per second when confirming a user count.",
+                                        low=0, low_open=True)
+    hold_s: float = setting(60.0, "Time a confirmed user count must run without a failure, its response times stable.",
+                            low=0)
+    max_users: int = setting(3000, "Where the search stops if nothing has failed yet.", low=1)
+    step_down_pct: float = setting(10.0, "Share of users dropped after a failed confirmation.", low=0, high=100,
+                                   low_open=True)
+    start_fraction: float = setting(
+        0.6, "Once saturated, the search jumps to this share of throughput x timeout (0: ramp all the way).",
+        low=0, high=1)
+    slo_p95_s: float = setting(
+        2.0, "Latency objective: also find the most users held with a p95 response time within it (0: skip).", low=0)
+    slo_hold_s: float = setting(20.0, "Time the users within the latency objective are held.", low=0)
 
 
 @dataclass(frozen=True)
@@ -114,7 +124,8 @@ def within_slo(outcome: StepOutcome, slo_p95_s: float) -> bool:
     return outcome.passed and outcome.p95_ms is not None and outcome.p95_ms <= slo_p95_s * 1000
 
 
-def find_capacity(measure: Measure, settings: SearchSettings) -> Capacity:
+def find_capacity(measure: Measure, settings: SearchSettings, wait_s: float) -> Capacity:
+    """``wait_s``: the users' think time (a load setting), which the latency objective's guess counts in."""
     search = measure(StepPlan("search", settings.max_users, settings.spawn_rate,
                               start_fraction=settings.start_fraction))
     capacity = Capacity(search)
@@ -127,17 +138,18 @@ def find_capacity(measure: Measure, settings: SearchSettings) -> Capacity:
             break
         users = step_down(step.outcome, settings.step_down_pct)
     if settings.slo_p95_s > 0 and capacity.accepted and capacity.saturation_rps:
-        _find_slo_users(measure, settings, capacity, capacity.saturation_rps)
+        _find_slo_users(measure, settings, capacity, capacity.saturation_rps, wait_s)
     return capacity
 
 
-def _find_slo_users(measure: Measure, settings: SearchSettings, capacity: Capacity, saturation_rps: float) -> None:
+def _find_slo_users(measure: Measure, settings: SearchSettings, capacity: Capacity, saturation_rps: float,
+                    wait_s: float) -> None:
     assert capacity.accepted is not None
     held = capacity.accepted.outcome
     if within_slo(held, settings.slo_p95_s):  # the capacity itself meets the objective
         capacity.slo_held = capacity.accepted
         return
-    users = slo_guess(held, saturation_rps, settings.slo_p95_s, settings.wait_s, held.users)
+    users = slo_guess(held, saturation_rps, settings.slo_p95_s, wait_s, held.users)
     while users >= 1:
         step = measure(StepPlan(f"slo-{len(capacity.slo_steps) + 1}", users, settings.spawn_rate,
                                 settings.slo_hold_s))

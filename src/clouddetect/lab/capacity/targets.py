@@ -15,8 +15,13 @@ from typing import Any, Protocol, TypeVar
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-REQUESTS_SAMPLE = "clouddetect_requests_total"
-IN_FLIGHT_SAMPLE = "clouddetect_requests_in_flight"
+from clouddetect import metrics
+from clouddetect.config import Settings
+from clouddetect.settings_fields import setting
+
+# A counter's samples carry the _total suffix in the text format.
+REQUESTS_SAMPLE = metrics.REQUESTS + "_total"
+IN_FLIGHT_SAMPLE = metrics.IN_FLIGHT
 
 T = TypeVar("T")
 
@@ -165,6 +170,21 @@ def ready_pod_names(pods: Iterable[Any], wanted: int) -> list[str] | None:
     return sorted(p.metadata.name for p in pods)
 
 
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Which Deployment the lab scales and loads, and how it reaches the cluster."""
+
+    namespace: str = setting("default", "Kubernetes namespace of the service.")
+    deployment: str = setting("clouddetect", "Deployment to scale.")
+    service: str = setting("clouddetect", "Service whose NodePort gets the load.")
+    service_url: str | None = setting(None, "URL the load goes to on Kubernetes [default: the Service's NodePort on "
+                                            "a node].")
+    pod_port: int = setting(Settings.port, "Pods' port serving /metrics.")
+    ready_timeout_s: float = setting(600.0, "Time allowed for the pods to become ready after scaling.", low=0)
+    kubeconfig: str | None = setting(None, "kubeconfig file [default: as kubectl finds it].")
+    context: str | None = setting(None, "kubeconfig context [default: the current one].")
+
+
 class Kubernetes:
     """A Deployment scaled through the API server, with kubeconfig found as kubectl finds it.
 
@@ -172,24 +192,21 @@ class Kubernetes:
     The load goes to ``service_url``, or else to the Service's NodePort on the first node's internal address.
     """
 
-    def __init__(
-        self, namespace: str, deployment: str, service: str, service_url: str | None, pod_port: int,
-        ready_timeout_s: float, poll_interval_s: float, kubeconfig: str | None = None, context: str | None = None,
-    ):
+    def __init__(self, settings: KubernetesSettings, poll_interval_s: float):
         from kubernetes import client, config  # only the Kubernetes platform needs the client
 
         try:
-            config.load_kube_config(config_file=kubeconfig, context=context)
+            config.load_kube_config(config_file=settings.kubeconfig, context=settings.context)
         except (config.ConfigException, OSError) as exc:
             raise PlatformError(f"no usable kubeconfig: {exc}") from None
         self.apps = client.AppsV1Api()
         self.core = client.CoreV1Api()
-        self.namespace = namespace
-        self.deployment = deployment
-        self.service = service
-        self.service_url = service_url
-        self.pod_port = pod_port
-        self.ready_timeout_s = ready_timeout_s
+        self.namespace = settings.namespace
+        self.deployment = settings.deployment
+        self.service = settings.service
+        self.service_url = settings.service_url
+        self.pod_port = settings.pod_port
+        self.ready_timeout_s = settings.ready_timeout_s
         self.poll_interval_s = poll_interval_s
 
     def _selector(self) -> str:

@@ -6,25 +6,18 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
 import click
 
 from clouddetect.lab.network.link import SETTINGS_ENV_PREFIX, LinkError, LinkSettings, Shell, SimulatedLink, remove
 from clouddetect.lab.network.probe import ProbeSettings, measure
-
-_CLICK_TYPES = {"float": float, "int": int, "str": str}
+from clouddetect.settings_fields import click_options
 
 
 def link_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """One flag per link setting, defaulting to ``CLOUDDETECT_LINK_<NAME>`` or the built-in value."""
-    for f in reversed(fields(LinkSettings)):
-        command = click.option(
-            f"--{f.name.replace('_', '-')}", f.name, type=_CLICK_TYPES[str(f.type)], default=None,
-            help=f"{f.metadata['help']} [env {SETTINGS_ENV_PREFIX}{f.name.upper()}; default {f.default}]",
-        )(command)
-    return command
+    return click_options(LinkSettings, env_prefix=SETTINGS_ENV_PREFIX)(command)
 
 
 def _settings(overrides: dict[str, Any]) -> LinkSettings:

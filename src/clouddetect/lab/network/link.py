@@ -24,12 +24,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clouddetect.config import settings_values
 from clouddetect.lab.network.relay import DelayRelay, RelaySettings, loopback_route
+from clouddetect.settings_fields import setting, settings_values
 
 # Set for a command run in the namespace: the link's conditions (JSON), which `lab run` records, and the host's
 # address on the link, where this host's services are reached.
@@ -47,24 +47,20 @@ class LinkError(RuntimeError):
     """The link cannot be set up here (not root, tools missing, name in use)."""
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class LinkSettings:
-    rtt_ms: float = _setting(20.0, "Round trip the link adds to every TCP exchange (half each way).")
-    bandwidth_mbit: float = _setting(100.0, "Rate of each direction of the link, in Mbit/s.")
-    name: str = _setting("clouddetect-remote", "Name of the network namespace; its veths and rules derive from it.")
-    subnet: str = _setting("10.213.0.0/30", "The link's addresses: the host end takes the first, the client the next.")
-    tbf_burst_bytes: int = _setting(32768, "Bytes tbf sends at once at full speed before shaping applies.")
-    tbf_queue_ms: float = _setting(50.0, "Longest a packet waits in tbf's queue before it is dropped.")
-    relay_buffer_bytes: int = _setting(4 * 1024 * 1024, "Bytes the relay holds per direction of a connection.")
-    relay_read_bytes: int = _setting(64 * 1024, "Largest chunk the relay reads at once.")
-    relay_max_connections: int = _setting(4096, "Connections relayed at once; later ones wait until one closes.")
-    relay_connect_timeout_s: float = _setting(10.0, "Time the relay allows to connect on to a destination.")
-    stop_timeout_s: float = _setting(10.0, "Time processes left in the namespace (and the relay) get to stop.")
-    command_timeout_s: float = _setting(30.0, "Time each ip, tc or iptables command is allowed.")
+    rtt_ms: float = setting(20.0, "Round trip the link adds to every TCP exchange (half each way).")
+    bandwidth_mbit: float = setting(100.0, "Rate of each direction of the link, in Mbit/s.")
+    name: str = setting("clouddetect-remote", "Name of the network namespace; its veths and rules derive from it.")
+    subnet: str = setting("10.213.0.0/30", "The link's addresses: the host end takes the first, the client the next.")
+    tbf_burst_bytes: int = setting(32768, "Bytes tbf sends at once at full speed before shaping applies.")
+    tbf_queue_ms: float = setting(50.0, "Longest a packet waits in tbf's queue before it is dropped.")
+    relay_buffer_bytes: int = setting(4 * 1024 * 1024, "Bytes the relay holds per direction of a connection.")
+    relay_read_bytes: int = setting(64 * 1024, "Largest chunk the relay reads at once.")
+    relay_max_connections: int = setting(4096, "Connections relayed at once; later ones wait until one closes.")
+    relay_connect_timeout_s: float = setting(10.0, "Time the relay allows to connect on to a destination.")
+    stop_timeout_s: float = setting(10.0, "Time processes left in the namespace (and the relay) get to stop.")
+    command_timeout_s: float = setting(30.0, "Time each ip, tc or iptables command is allowed.")
 
     def __post_init__(self) -> None:
         if self.rtt_ms < 0 or self.bandwidth_mbit <= 0:

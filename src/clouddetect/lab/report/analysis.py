@@ -14,14 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clouddetect.lab.capacity.experiment import ASSIGNMENT_PODS, TIMEOUT_SHARE_HELD
+from clouddetect.lab.capacity.experiment import CLIENT_LOCATIONS as LOCATIONS
 from clouddetect.lab.capacity.results import Experiment, RunRecord
-from clouddetect.lab.report.plots import Summary
 
-ASSIGNMENT_PODS = (1, 2, 4, 8)
-LOCATIONS = ("master", "remote")
-# A closed loop of users without think time holds about this share of throughput x timeout with no failure:
-# the rest of the timeout is the margin the slowest answers need (measured: 30 s and 5 s timeouts, one pod).
-TIMEOUT_SHARE_HELD = 0.75
 # One request on the wire: a base64 test image in JSON (~220 KB measured), for the bandwidth a load needs.
 REQUEST_BYTES = 220_000
 # Scaling at least this close to linear is called linear.
@@ -34,11 +30,20 @@ BITS_PER_BYTE = 8
 BITS_PER_MBIT = 1_000_000
 
 
-def summarise(values: Sequence[float | None]) -> Summary | None:
+@dataclass(frozen=True)
+class Spread:
+    """Mean and standard deviation over the repeats of one configuration."""
+
+    mean: float
+    std: float
+    n: int
+
+
+def spread_of(values: Sequence[float | None]) -> Spread | None:
     known = [v for v in values if v is not None]
     if not known:
         return None
-    return Summary(statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else 0.0, len(known))
+    return Spread(statistics.fmean(known), statistics.stdev(known) if len(known) > 1 else 0.0, len(known))
 
 
 @dataclass(frozen=True)
@@ -74,16 +79,16 @@ class Point:
     repeats: int
     timeout_s: float
     wait_s: float
-    max_users: Summary
-    avg_ms: Summary | None
-    median_ms: Summary | None
-    p95_ms: Summary | None
-    p99_ms: Summary | None
-    held_rps: Summary | None
-    saturation_rps: Summary | None
-    slo_users: Summary | None
+    max_users: Spread
+    avg_ms: Spread | None
+    median_ms: Spread | None
+    p95_ms: Spread | None
+    p99_ms: Spread | None
+    held_rps: Spread | None
+    saturation_rps: Spread | None
+    slo_users: Spread | None
     slo_p95_s: float | None
-    breaking_users: Summary | None
+    breaking_users: Spread | None
     breaking_failures: dict[str, int]
     balances: list[Balance]
     efficiency: float | None = None
@@ -168,7 +173,7 @@ class FaultFileError(ValueError):
     """A file given as a fault result is not one."""
 
 
-def _overlap(a: Summary, b: Summary) -> bool:
+def _overlap(a: Spread, b: Spread) -> bool:
     return abs(a.mean - b.mean) <= a.std + b.std
 
 
@@ -284,14 +289,14 @@ def _point(location: str, pods: int, runs: list[RunRecord]) -> Point:
     failures: Counter[str] = Counter()
     for run in runs:
         failures.update(run.breaking_failure_kinds)
-    max_users = summarise([r.max_users for r in runs])
+    max_users = spread_of([r.max_users for r in runs])
     assert max_users is not None  # every run has its max users
     return Point(
         location, pods, len(runs), max(r.timeout_s for r in runs), max(r.wait_s for r in runs), max_users,
-        summarise([r.avg_ms for r in runs]), summarise([r.median_ms for r in runs]),
-        summarise([r.p95_ms for r in runs]), summarise([r.p99_ms for r in runs]), summarise([r.rps for r in runs]),
-        summarise([r.saturation_rps for r in runs]), summarise([r.slo_users for r in runs]),
-        next((r.slo_p95_s for r in runs if r.slo_p95_s), None), summarise([r.breaking_users for r in runs]),
+        spread_of([r.avg_ms for r in runs]), spread_of([r.median_ms for r in runs]),
+        spread_of([r.p95_ms for r in runs]), spread_of([r.p99_ms for r in runs]), spread_of([r.rps for r in runs]),
+        spread_of([r.saturation_rps for r in runs]), spread_of([r.slo_users for r in runs]),
+        next((r.slo_p95_s for r in runs if r.slo_p95_s), None), spread_of([r.breaking_users for r in runs]),
         dict(failures), [Balance(r.pods, r.pod_requests) for r in runs if r.pod_requests],
     )
 

@@ -17,19 +17,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
+from clouddetect.lab.report.analysis import Spread  # noqa: E402
+
 # Ramp figures are taken over windows of this many seconds of Locust's once-a-second history.
 HISTORY_WINDOW_S = 5
 FIGURE_SIZE_IN = (7.0, 4.5)
 FIGURE_DPI = 110
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Mean and standard deviation over the repeats of one configuration."""
-
-    mean: float
-    std: float
-    n: int
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ def _series(label: str, line: Any) -> Series:
     return Series(label, [float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
 
 
-def per_pods(series: dict[str, dict[int, Summary]], ylabel: str, title: str, path: Path) -> Drawn | None:
+def per_pods(series: dict[str, dict[int, Spread]], ylabel: str, title: str, path: Path) -> Drawn | None:
     """One line per client location: a figure (mean, with the standard deviation as error bars) per pod count."""
     series = {location: by_pods for location, by_pods in series.items() if by_pods}
     if not series:

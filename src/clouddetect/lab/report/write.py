@@ -17,14 +17,13 @@ from typing import ClassVar
 import jinja2
 
 from clouddetect.lab.capacity.results import Experiment, RunRecord
-from clouddetect.lab.report import analysis, pdf, plots
-from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, LOCATIONS, Facts, Point
-from clouddetect.lab.report.plots import Summary
+from clouddetect.lab.report import DEFAULT_TITLE, analysis, pdf, plots
+from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, LOCATIONS, Facts, Point, Spread
+from clouddetect.verdicts import describe_kinds
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 REPORT_PDF = "report.pdf"
-DEFAULT_TITLE = "Capacity of CloudDetect"
 # Printed page: the size and margins of the PDF, also stated in the HTML's print style.
 PAGE_SIZE = "A4"
 PAGE_MARGIN_IN = 1.0
@@ -73,7 +72,7 @@ class TitleBlock:
     lines: list[str] = field(default_factory=list)
 
 
-def format_summary(summary: Summary | None, unit: str = "", digits: int = 0) -> str:
+def format_summary(summary: Spread | None, unit: str = "", digits: int = 0) -> str:
     if summary is None:
         return "-"
     return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}{unit} (n={summary.n})"
@@ -166,9 +165,9 @@ def environment_table(experiments: Sequence[Experiment]) -> Table:
     return Table(["experiment", "item", "value"], rows, wide=True)
 
 
-def by_configuration(points: Sequence[Point], name: str) -> dict[str, dict[int, Summary]]:
+def by_configuration(points: Sequence[Point], name: str) -> dict[str, dict[int, Spread]]:
     """location -> pods -> the summary ``name`` of each point that has one."""
-    series: dict[str, dict[int, Summary]] = {}
+    series: dict[str, dict[int, Spread]] = {}
     for point in points:
         summary = getattr(point, name)
         if summary is not None:
@@ -208,7 +207,8 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("clouddetect.lab.report", "templates"),
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              autoescape=jinja2.select_autoescape(["html.j2"]))
-    env.filters.update(num=_num, mean=_mean, users=_users, pct=_pct, pods=_pods, and_list=_and_list, kinds=_kinds)
+    env.filters.update(num=_num, mean=_mean, users=_users, pct=_pct, pods=_pods, and_list=_and_list,
+                       kinds=describe_kinds)
     env.globals.update(linear=analysis.LINEAR_EFFICIENCY, low_bound=analysis.LOW_BOUND_RATIO)
     return env
 
@@ -217,11 +217,11 @@ def _num(value: float | None, digits: int = 0) -> str:
     return "?" if value is None else f"{value:,.{digits}f}"
 
 
-def _mean(summary: Summary | None, digits: int = 0) -> str:
+def _mean(summary: Spread | None, digits: int = 0) -> str:
     return "?" if summary is None else f"{summary.mean:,.{digits}f}"
 
 
-def _users(summary: Summary | None) -> str:
+def _users(summary: Spread | None) -> str:
     """A mean number of users: whole when it is, else with one decimal."""
     if summary is None:
         return "?"
@@ -239,10 +239,6 @@ def _pods(pods: int) -> str:
 def _and_list(items: Sequence[object]) -> str:
     words = [str(i) for i in items]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def _kinds(counts: dict[str, int]) -> str:
-    return "; ".join(f"{count} × {kind}" for kind, count in counts.items()) or "no failure"
 
 
 def discussion(facts: Facts) -> list[Block]:
@@ -280,8 +276,8 @@ def build(experiments: Sequence[Experiment], out_dir: Path, fault_files: Sequenc
             f"{len(runs)} runs from {len(experiments)} experiment(s). A run's capacity is the most users held with "
             "no failed request (not HTTP 200, not valid JSON, wrong id, malformed objects, or slower than the "
             "timeout), every request sent judged, until the response time is stable. For users without think time "
-            "that figure is about 0.75 x throughput x timeout, so the throughput, response times and users within "
-            "the latency objective are given beside it."),
+            f"that figure is about {analysis.TIMEOUT_SHARE_HELD:g} x throughput x timeout, so the throughput, "
+            "response times and users within the latency objective are given beside it."),
         Heading(2, "Capacity"),
         assignment_table(facts),
         capacity_table(facts),
