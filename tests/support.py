@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from clouddetect.client import wait_ready
+from clouddetect.lab.capacity.locust_runs import free_port
 
 SERVER_START_TIMEOUT_S = 60.0
 # Every exact engine gives the reference's labels and rectangles; their accuracies differ in the last float digits.
@@ -41,12 +41,6 @@ def _without_accuracy(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def request_body(path: Path, request_id: str | None = None) -> dict[str, str]:
     return {"id": request_id or str(uuid.uuid4()), "image": base64.b64encode(path.read_bytes()).decode()}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

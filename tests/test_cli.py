@@ -8,10 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from clouddetect.codec import decode_image
 from clouddetect.request_json import response_body
-from support import assert_same_objects
+from clouddetect.verdicts import ENDPOINT
+from support import assert_same_objects, live_server, request_body
+
+# What only the lab, the report or Locust need; a serving process must not load any of it.
+NOT_FOR_SERVING = ("clouddetect.lab", "clouddetect.loadtest", "clouddetect.submission", "locust", "gevent",
+                   "matplotlib", "kubernetes")
 
 
 def clouddetect(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
@@ -74,3 +80,16 @@ def test_client_sends_a_folder_and_summarises(server, images, tmp_path: Path) ->
     answers = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(answers) == 6 and all("objects" in a for a in answers)
     assert "6 images, 6 ok, 0 failed" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_loads_no_lab_report_or_locust_module(tmp_path: Path, images: list[Path]) -> None:
+    # Python lists every module it imports on stderr (-X importtime), in the supervisor and in forked workers alike.
+    with live_server(tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"}) as server:
+        answer = requests.post(server.url + ENDPOINT, json=request_body(images[0]), timeout=60)
+        assert answer.status_code == 200
+        log = server.log()
+    imported = {line.rsplit("|", 1)[1].strip() for line in log.splitlines() if line.startswith("import time:")}
+    assert "clouddetect.server" in imported and "flask" in imported  # the listing works
+    assert not {m for m in imported if m.split(".")[0] in NOT_FOR_SERVING or m.startswith(NOT_FOR_SERVING)}
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -15,10 +16,10 @@ from clouddetect.codec import decode_image
 from clouddetect.config import ENV_PREFIX, Settings
 from clouddetect.engines import EngineError
 from clouddetect.errors import ClientError
-from clouddetect.lab.cli import lab
 from clouddetect.model_store import ONNX, ModelError, ModelFiles, fetch, locate
 from clouddetect.request_json import response_body
 from clouddetect.settings_fields import click_options
+from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S
 
 DETECTION_SETTINGS = (
     "model_dir", "confidence_threshold", "nms_threshold", "input_size_px", "inference_threads", "winograd",
@@ -38,7 +39,25 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A group whose named sub-commands are imported only when asked for: `clouddetect serve` loads no lab, report
+    or Locust code, and a broken optional dependency of the lab cannot stop the service."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # command name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = self.lazy[cmd_name].split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+@click.group(cls=LazyGroup, lazy={"lab": "clouddetect.lab.cli:lab"})
 @click.version_option(package_name="clouddetect")
 def main() -> None:
     """CloudDetect: YOLOv3-tiny object detection as a web service."""
@@ -136,7 +155,8 @@ def convert_model(files: ModelFiles) -> None:
 @click.argument("url")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1), help="Requests in flight.")
-@click.option("--timeout-s", default=60.0, show_default=True, type=float, help="Time allowed for each answer.")
+@click.option("--timeout-s", default=DEFAULT_REQUEST_TIMEOUT_S, show_default=True, type=float,
+              help="Time allowed for each answer; a slower one is a failed request.")
 def client(url: str, folder: Path, concurrency: int, timeout_s: float) -> None:
     """Send every image in FOLDER to the service at URL; prints each answer, then a summary."""
 
@@ -159,4 +179,3 @@ def client(url: str, folder: Path, concurrency: int, timeout_s: float) -> None:
     sys.exit(1 if summary.failed else 0)
 
 
-main.add_command(lab)

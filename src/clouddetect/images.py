@@ -6,7 +6,8 @@ import base64
 import os
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# The formats the API decodes (see codec.py).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 IMAGES_ENV = "CLOUDDETECT_IMAGES"
 # The 128 COCO test images sit beside a checkout of the project.
 DEVELOPMENT_FOLDER = Path("../shared/datasets/inputfolder")
