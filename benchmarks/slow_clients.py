@@ -29,7 +29,7 @@ from service_vs_raw import worker_peak_rss_mib
 from clouddetect.answers import ENDPOINT
 from clouddetect.client import detect_one
 from clouddetect.images import default_folder, image_files
-from clouddetect.server import raise_open_files_limit
+from clouddetect.server.workers import raise_open_files_limit
 from clouddetect.slow_clients import keep_trickling
 
 READY_TIMEOUT_S = 120.0

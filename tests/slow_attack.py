@@ -14,7 +14,7 @@ import requests
 
 from clouddetect.answers import ENDPOINT
 from clouddetect.config import Settings
-from clouddetect.server import raise_open_files_limit
+from clouddetect.server.workers import raise_open_files_limit
 from clouddetect.slow_clients import IMAGE_BODY_BYTES, SlowOutcome, trickle
 
 DRIP_INTERVAL_S = 1.0

@@ -22,7 +22,7 @@ from clouddetect.answers import ENDPOINT
 BUNDLED = {
     "Dockerfile": "the container image: docker build -t clouddetect . (or make image)",
     ".dockerignore": "what the image's build context leaves out",
-    "src/clouddetect/": "the service: api.py (routes), detector.py (YOLOv3-tiny), server.py, config.py",
+    "src/clouddetect/": "the service: api.py (routes), detector.py (YOLOv3-tiny), server/, config.py",
     "src/clouddetect/loadtest/locustfile.py": "the Locust script: one user sending the test images",
     "src/clouddetect/lab/": "the experiment scripts: clouddetect lab run, lab report, lab link",
     "deploy/k8s/": "the Kubernetes YAMLs: base (Deployment, NodePort 30500), overlays replicas-1/2/4/8",
