@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+from trickling_clients import IMAGE_BODY_BYTES, SlowOutcome, trickle
 
 from clouddetect.answers import ENDPOINT
 from clouddetect.config import Settings
 from clouddetect.server.workers import raise_open_files_limit
-from clouddetect.slow_clients import IMAGE_BODY_BYTES, SlowOutcome, trickle
 
 DRIP_INTERVAL_S = 1.0
 HONEST_REQUESTS = 8

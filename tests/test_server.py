@@ -22,12 +22,12 @@ import pytest
 import requests
 from hypercorn.asyncio.worker_context import EventWrapper
 from slow_attack import CUT_OFF_SLACK_S, assert_honest_answered_and_slow_cut_off, attack
+from trickling_clients import first_bytes
 
 from clouddetect.answers import ENDPOINT
 from clouddetect.codec import decode_image
 from clouddetect.contract import response_body
 from clouddetect.server.connections import Stopping, hypercorn_config
-from clouddetect.slow_clients import first_bytes
 from support import LiveServer, assert_same_objects, free_port, live_server, request_body
 
 pytestmark = pytest.mark.slow
