@@ -15,6 +15,7 @@ import itertools
 import multiprocessing
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +29,12 @@ from service_vs_raw import worker_peak_rss_mib
 
 from clouddetect.client import detect_one
 from clouddetect.images import default_folder, image_files
-from clouddetect.server import raise_open_files_limit
-from clouddetect.slow_clients import keep_trickling
+from clouddetect.server.workers import raise_open_files_limit
+
+# The slow clients are the tests' own, so that the benchmark and the tests trickle alike.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+from trickling_clients import keep_trickling  # noqa: E402
+
 from clouddetect.verdicts import ENDPOINT
 
 READY_TIMEOUT_S = 120.0

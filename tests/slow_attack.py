@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+from trickling_clients import IMAGE_BODY_BYTES, SlowOutcome, trickle
 
 from clouddetect.config import Settings
-from clouddetect.server import raise_open_files_limit
-from clouddetect.slow_clients import IMAGE_BODY_BYTES, SlowOutcome, trickle
+from clouddetect.server.workers import raise_open_files_limit
 from clouddetect.verdicts import ENDPOINT
 
 DRIP_INTERVAL_S = 1.0

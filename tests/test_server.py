@@ -22,11 +22,11 @@ import pytest
 import requests
 from hypercorn.asyncio.worker_context import EventWrapper
 from slow_attack import CUT_OFF_SLACK_S, assert_honest_answered_and_slow_cut_off, attack
+from trickling_clients import first_bytes
 
 from clouddetect.codec import decode_image
 from clouddetect.request_json import response_body
-from clouddetect.server import Stopping, hypercorn_config
-from clouddetect.slow_clients import first_bytes
+from clouddetect.server.connections import Stopping, hypercorn_config
 from clouddetect.verdicts import ENDPOINT
 from support import LiveServer, assert_same_objects, free_port, live_server, request_body
 
