@@ -36,6 +36,13 @@ def cluster_version() -> str:
     return found.group(1)
 
 
+def pinned_kubectl_version() -> str:
+    """The kubectl version ``scripts/kubectl-install`` pins, e.g. ``1.37.1``."""
+    found = re.search(r"^KUBECTL_VERSION=(\S+)", KUBECTL_INSTALL.read_text(), re.M)
+    assert found, "scripts/kubectl-install pins no KUBECTL_VERSION"
+    return found.group(1)
+
+
 def kubectl_problem(version: dict[str, Any]) -> str | None:
     """Why a kubectl, as ``kubectl version --client -o json`` describes it, cannot render deploy/k8s, or None."""
     client = version.get("clientVersion", {})
@@ -49,7 +56,7 @@ def kubectl_problem(version: dict[str, Any]) -> str | None:
 @pytest.fixture(scope="module")
 def kubectl() -> str:
     """The project's pinned kubectl in the venv (``make setup`` installs it), else the one on PATH if new enough."""
-    pinned = re.search(r"^KUBECTL_VERSION=(\S+)", KUBECTL_INSTALL.read_text(), re.M).group(1)
+    pinned = pinned_kubectl_version()
     installed = Path(sys.executable).with_name("kubectl")
     found = str(installed) if installed.exists() else shutil.which("kubectl")
     assert found, f"no kubectl: run `make setup`, which installs kubectl {pinned} into .venv/bin"
@@ -104,6 +111,15 @@ def test_an_old_kubectl_is_refused_saying_why(version: dict[str, Any], usable: b
     assert (problem is None) == usable
     if not usable:
         assert "too old to render deploy/k8s" in problem
+
+
+def test_pinned_kubectl_is_within_one_minor_of_the_cluster_recipe() -> None:
+    # kubectl's version skew policy: one minor version older or newer than the API server.
+    kubectl_minor = int(pinned_kubectl_version().split(".")[1])
+    cluster_minor = int(cluster_version().split(".")[1])
+    assert abs(kubectl_minor - cluster_minor) <= 1, (
+        f"scripts/kubectl-install pins kubectl {pinned_kubectl_version()}, deploy/cluster/lib.sh Kubernetes "
+        f"{cluster_version()}: move them together")
 
 
 def test_base_and_one_overlay_per_replica_count_exist() -> None:
