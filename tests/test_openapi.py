@@ -14,14 +14,14 @@ from openapi_spec_validator import validate
 from clouddetect import errors
 from clouddetect.openapi import document
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 TABLE_ROW = re.compile(r"^\| (\d{3}(?: / \d{3})*) \| (`[a-z0-9_]+`.*?) \| .* \|$", re.M)
 
 
-def readme_error_codes() -> set[tuple[int, str]]:
-    """(status, code) of every row of README's error table; a row "404 / 405 | `a` / `b`" gives two."""
+def api_page_error_codes() -> set[tuple[int, str]]:
+    """(status, code) of every row of the error table in docs/api.md; a row "404 / 405 | `a` / `b`" gives two."""
     pairs = set()
-    for statuses, codes in TABLE_ROW.findall(README.read_text()):
+    for statuses, codes in TABLE_ROW.findall(API_PAGE.read_text()):
         names = re.findall(r"`([a-z0-9_]+)`", codes.split("(")[0])
         pairs |= set(zip((int(s) for s in statuses.split(" / ")), names, strict=True))
     return pairs
@@ -62,14 +62,14 @@ def test_every_route_is_documented(app) -> None:
     assert routes == documented
 
 
-def test_every_error_of_the_readme_table_is_documented_and_nothing_else() -> None:
-    assert readme_error_codes() == documented_error_codes()
+def test_every_error_of_the_api_page_table_is_documented_and_nothing_else() -> None:
+    assert api_page_error_codes() == documented_error_codes()
 
 
-def test_every_client_error_is_in_the_readme_table() -> None:
+def test_every_client_error_is_in_the_api_page_table() -> None:
     kinds = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.ClientError)]
     raised = {(c.status, c.code) for c in kinds if c is not errors.ClientError}
-    assert raised <= readme_error_codes()
+    assert raised <= api_page_error_codes()
 
 
 def test_an_answer_the_document_does_not_describe_fails_the_check() -> None:

@@ -55,7 +55,8 @@ def test_zip_holds_dockerfile_source_yamls_locust_and_lab_scripts_and_the_report
         mode = archive.getinfo("deploy/cluster/controller-init").external_attr >> 16
     assert {"Dockerfile", "ReadMe.txt", "report.pdf", "pyproject.toml", "src/clouddetect/api.py",
             "src/clouddetect/detector.py", "src/clouddetect/loadtest/locustfile.py", "src/clouddetect/lab/cli.py",
-            "deploy/k8s/base/deployment.yaml", "deploy/k8s/base/service.yaml"} <= names
+            "deploy/k8s/base/deployment.yaml", "deploy/k8s/base/service.yaml", "README.md"} <= names
+    assert {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md")} <= names  # the pages README.md links to
     assert {f"deploy/k8s/overlays/replicas-{n}/kustomization.yaml" for n in (1, 2, 4, 8)} <= names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or ".egg-info" in n]
     assert not [n for n in names if n.startswith(("tests/", ".venv/", "results/"))]

@@ -27,12 +27,13 @@ BUNDLED = {
     "src/clouddetect/lab/": "the capacity lab: clouddetect lab run, lab report, lab link, lab faults",
     "deploy/k8s/": "the Kubernetes YAMLs: base (Deployment, NodePort 30500), overlays replicas-1/2/4/8",
     "deploy/cluster/": "the three-VM kubeadm cluster: scripts and step-by-step guide",
-    "benchmarks/": "the benchmark scripts behind README.md's figures",
+    "benchmarks/": "the benchmark scripts behind the figures in docs/",
     "scripts/docker-engine": "starts the Docker engine (make image)",
     "scripts/base-image": "provides the image's base where it cannot be pulled (make image)",
     "pyproject.toml": "the package and its dependencies",
     "Makefile": "make run, make test, make image, make dist",
-    "README.md": "how to run, test, deploy and measure everything",
+    "README.md": "how to run and test it, the API in brief, a map of the code",
+    "docs/": "how to use, deploy and measure everything, by topic, with the measured figures",
 }
 SKIPPED_DIRECTORIES = {"__pycache__"}
 SKIPPED_SUFFIXES = {".pyc"}
