@@ -41,7 +41,8 @@ FROM deps AS model
 COPY src/clouddetect/__init__.py src/clouddetect/model_store.py /build/model/clouddetect/
 RUN PYTHONPATH=/build/model python -c \
         "from pathlib import Path; from clouddetect.model_store import fetch; fetch(Path('/opt/model'))"
-COPY src/clouddetect/config.py src/clouddetect/darknet.py src/clouddetect/darknet_onnx.py /build/model/clouddetect/
+COPY src/clouddetect/config.py src/clouddetect/settings_fields.py src/clouddetect/darknet.py src/clouddetect/darknet_onnx.py \
+     /build/model/clouddetect/
 COPY src/clouddetect/engines/__init__.py src/clouddetect/engines/openvino.py /build/model/clouddetect/engines/
 RUN PYTHONPATH=/build/model python -c "from pathlib import Path; from clouddetect.darknet_onnx import convert; \
         from clouddetect.model_store import locate; convert(locate(Path('/opt/model')))" \
