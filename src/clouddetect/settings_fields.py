@@ -20,10 +20,11 @@ _TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "Path": Path}
 
 
 def setting(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
-    """A settings field: its default, what it means, and the values it accepts (checked by click and argparse)."""
+            low_open: bool = False, choices: tuple[str, ...] | None = None, file: bool = False) -> Any:
+    """A settings field: its default, what it means, and the values it accepts (checked by click and argparse);
+    ``file``: a path that must name a file, not a folder."""
     return field(default=default, metadata={"help": help, "low": low, "high": high, "low_open": low_open,
-                                            "choices": choices})
+                                            "choices": choices, "file": file})
 
 
 def flag(name: str) -> str:
@@ -59,7 +60,7 @@ def _click_type(f: Field[Any]) -> Any:
     if meta.get("choices"):
         return click.Choice(meta["choices"])
     if kind is Path:
-        return click.Path(path_type=Path)
+        return click.Path(path_type=Path, dir_okay=not meta.get("file"))
     if kind in (int, float) and (meta.get("low") is not None or meta.get("high") is not None):
         ranged = click.IntRange if kind is int else click.FloatRange
         bounds: dict[str, Any] = {"min": meta["low"], "max": meta["high"]}
@@ -92,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, flag_of: Callable[
 
 
 def arguments(settings: Any, flag_of: Callable[[str], str], names: Iterable[str] | None = None) -> list[str]:
-    """The settings as the flags ``add_arguments`` declares, for a child process's command line."""
-    return [part for f in chosen(type(settings), names) for part in (flag_of(f.name), str(getattr(settings, f.name)))]
+    """The settings as the flags ``add_arguments`` declares, for a child process's command line (None: left out)."""
+    given = [f for f in chosen(type(settings), names) if getattr(settings, f.name) is not None]
+    return [part for f in given for part in (flag_of(f.name), str(getattr(settings, f.name)))]
 
 
 def settings_values(cls: type, prefix: str, environ: Mapping[str, str] | None,
@@ -111,6 +113,6 @@ def settings_values(cls: type, prefix: str, environ: Mapping[str, str] | None,
 
 def _parse(type_name: Any, raw: str, variable: str) -> Any:
     try:
-        return _TYPES[str(type_name)](raw)
+        return _TYPES[str(type_name).removesuffix(" | None")](raw)
     except ValueError as exc:
         raise ValueError(f"{variable}={raw!r}: {exc}") from None

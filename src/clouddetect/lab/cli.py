@@ -22,7 +22,7 @@ from clouddetect.lab.capacity.host import client_network, code_version, load_gen
 from clouddetect.lab.capacity.locust_runs import LoadError
 from clouddetect.lab.capacity.results import Experiment, ExperimentError
 from clouddetect.lab.capacity.search import SearchSettings
-from clouddetect.lab.capacity.targets import FixedUrl, Kubernetes, KubernetesSettings, Platform, PlatformError
+from clouddetect.lab.capacity.targets import FixedUrl, Kubernetes, KubernetesSettings, Target, TargetError
 from clouddetect.lab.faults import faults
 from clouddetect.lab.network.cli import link
 from clouddetect.lab.network.link import client_link_conditions
@@ -99,11 +99,11 @@ def run(**options: Any) -> None:
     conditions = experiment_conditions(platform_name, search, load, image_count, client_link_conditions())
     _echo_expected_duration(plan, search, load, options["expected_pod_rps"])
     try:
-        platform = _platform(options, pods[0])
+        platform = _target(options, pods[0])
         experiment = Experiment.open(out_dir, conditions, _environment(platform, options))
         click.echo(f"experiment {out_dir}: {len(experiment.runs)} runs already recorded")
         Runner(platform, experiment, plan, search, load, click.echo).run()
-    except (ExperimentError, PlatformError, LoadError) as exc:
+    except (ExperimentError, TargetError, LoadError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo(f"interrupted; finished runs are kept in {out_dir}; run again with --out {out_dir} to resume",
@@ -142,7 +142,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def _environment(platform: Platform, options: dict[str, Any]) -> dict[str, Any]:
+def _environment(platform: Target, options: dict[str, Any]) -> dict[str, Any]:
     """What the experiment runs on; notes given as flags fill in what the platform cannot tell."""
     served = platform.describe()
     for note in ("pod_cpu", "pod_memory", "engine"):
@@ -151,7 +151,7 @@ def _environment(platform: Platform, options: dict[str, Any]) -> dict[str, Any]:
             "client_network": client_network(platform.endpoint())}
 
 
-def _platform(options: dict[str, Any], pods: int) -> Platform:
+def _target(options: dict[str, Any], pods: int) -> Target:
     if options["url"]:
         return FixedUrl(options["url"], pods, options["ready_timeout_s"], options["poll_interval_s"], HTTP_TIMEOUT_S)
     return Kubernetes(_from_options(KubernetesSettings, options), options["poll_interval_s"])

@@ -27,7 +27,7 @@ import click
 import requests
 
 from clouddetect.images import default_folder, encode_file, image_files
-from clouddetect.lab.capacity.targets import Kubernetes, KubernetesSettings, PlatformError, is_serving, poll
+from clouddetect.lab.capacity.targets import Kubernetes, KubernetesSettings, TargetError, is_serving, poll
 from clouddetect.settings_fields import click_options, setting
 from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, failure_kind
 
@@ -52,7 +52,7 @@ class FaultSettings:
 class RequestOutcome:
     started_s: float
     ended_s: float
-    error: str | None  # None: a 200 answer
+    error: str | None  # the failure's kind (verdicts.failure_kind); None: a timely answer that keeps the contract
     detail: str | None = None  # what the client was told, to explain a failure
 
 
@@ -216,11 +216,11 @@ def inject(fault: str, cluster: Cluster, node: str | None, stop_node_command: st
         cluster.restart()
         return {}
     if not node or not stop_node_command:
-        raise PlatformError("node-loss needs the node and the command that stops it")
+        raise TargetError("node-loss needs the node and the command that stops it")
     command = [*shlex.split(stop_node_command), node]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise PlatformError(f"{shlex.join(command)} failed: {done.stderr.strip()}")
+        raise TargetError(f"{shlex.join(command)} failed: {done.stderr.strip()}")
     return {"node": node, "pods_on_node": cluster.pods_on(node)}
 
 
@@ -292,5 +292,5 @@ def faults(fault: str, **options: Any) -> None:
         cluster = Cluster(target, settings.poll_interval_s)
         run_fault(fault, options["service_url"], options["images"] or default_folder(), cluster, settings,
                   options["out"], click.echo, options["node"], options["stop_node_command"])
-    except PlatformError as exc:
+    except TargetError as exc:
         raise click.ClickException(str(exc)) from None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
 
-from clouddetect.lab.capacity.experiment import STEP_OVERHEAD_S, expected_run_s
+from clouddetect.lab.capacity.experiment import STEP_OVERHEAD_S, expected_run_s, experiment_conditions
+from clouddetect.lab.capacity.results import Experiment, ExperimentError
 from clouddetect.lab.capacity.search import SearchSettings
 from clouddetect.loadtest.settings import LoadSettings
 
@@ -35,3 +37,17 @@ def test_a_latency_objective_adds_its_step() -> None:
     with_slo = dataclasses.replace(SEARCH, slo_p95_s=2.0, slo_hold_s=20.0)
     added = expected_run_s(1, with_slo, LOAD, 5.0) - expected_run_s(1, SEARCH, LOAD, 5.0)
     assert added == pytest.approx(10 / 2.0 + 20.0 + 2.0 + STEP_OVERHEAD_S)
+
+
+def test_an_experiment_recorded_with_the_defaults_resumes_with_them(tmp_path: Path) -> None:
+    recorded = shutil.copytree(Path(__file__).parents[1] / "recorded" / "one-pod", tmp_path / "one-pod")
+    conditions = experiment_conditions("url", SearchSettings(), LoadSettings(images=Path(".")), 128, None)
+    resumed = Experiment.open(recorded, conditions, {})
+    assert len(resumed.runs) == 1
+
+
+def test_an_experiment_under_other_conditions_is_not_resumed(tmp_path: Path) -> None:
+    recorded = shutil.copytree(Path(__file__).parents[1] / "recorded" / "one-pod", tmp_path / "one-pod")
+    conditions = experiment_conditions("url", SearchSettings(hold_s=30.0), LoadSettings(images=Path(".")), 128, None)
+    with pytest.raises(ExperimentError, match="hold_s: recorded 60.0, asked 30.0"):
+        Experiment.open(recorded, conditions, {})

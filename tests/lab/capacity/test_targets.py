@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
 from clouddetect.lab.capacity.experiment import served
-from clouddetect.lab.capacity.targets import FixedUrl, PlatformError, parse_metrics, ready_pod_names, reported_engine
+from clouddetect.lab.capacity.targets import FixedUrl, TargetError, parse_metrics, ready_pod_names, reported_engine
 from clouddetect.verdicts import ENDPOINT
 from support import live_server, request_body
 
@@ -65,7 +65,7 @@ def test_fixed_url_reads_its_one_instance(tmp_path: Path, images: list[Path]) ->
         before = platform.pod_metrics()
         requests.post(server.url + ENDPOINT, json=request_body(images[0]), timeout=HTTP_TIMEOUT_S)
         assert served(before, platform.pod_metrics()) == {"fixed-pod": 1}
-        with pytest.raises(PlatformError, match="cannot run 2"):
+        with pytest.raises(TargetError, match="cannot run 2"):
             platform.scale(2)
         readyz = requests.get(server.url + "/readyz", timeout=HTTP_TIMEOUT_S).json()
         assert platform.describe() == {"pod_cpu": None, "pod_memory": None, "engine": reported_engine(readyz)}

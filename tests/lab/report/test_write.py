@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from clouddetect.lab.capacity.results import Experiment, RunRecord
-from clouddetect.lab.report import analysis as facts
-from clouddetect.lab.report import plots
+from clouddetect.lab.report import analysis, plots
 from clouddetect.lab.report import write as report
 
 RECORDED = Path(__file__).parents[1] / "recorded" / "one-pod"
@@ -47,7 +46,7 @@ def test_the_recorded_run_judged_every_request_it_sent(recorded: Experiment) -> 
 
 def test_assignment_table_has_a_row_per_pod_count_and_both_client_locations(recorded: Experiment) -> None:
     [run] = recorded.runs
-    table = report.assignment_table(facts.gather([recorded]))
+    table = report.assignment_table(analysis.gather([recorded]))
     assert table.header == ["pods", "max users (timeout 30 s) (master)", "mean response time (master)",
                             "max users (timeout 30 s) (remote)", "mean response time (remote)"]
     assert table.rows == [["1", f"{run.max_users} ± 0 (n=1)", f"{run.avg_ms:.0f} ± 0 ms (n=1)", "-", "-"],
@@ -57,7 +56,7 @@ def test_assignment_table_has_a_row_per_pod_count_and_both_client_locations(reco
 
 def test_capacity_table_gives_the_services_figures(recorded: Experiment) -> None:
     [run] = recorded.runs
-    table = report.capacity_table(facts.gather([recorded]))
+    table = report.capacity_table(analysis.gather([recorded]))
     row = dict(zip(table.header, table.rows[0], strict=True))
     assert row["pods"] == "1" and row["client"] == "master"
     assert row["p99 ms"] == f"{run.p99_ms:.0f} ± 0 (n=1)"
@@ -72,7 +71,7 @@ def test_scaling_efficiency_is_saturation_throughput_over_one_pods_times_the_pod
     assert one.saturation_rps is not None
     two = dataclasses.replace(one, pods=2, saturation_rps=one.saturation_rps * 1.8)
     experiment = copy_of(recorded, tmp_path / "experiment", [one, two], raw=False)
-    table = report.capacity_table(facts.gather([experiment]))
+    table = report.capacity_table(analysis.gather([experiment]))
     assert [row[3] for row in table.rows] == ["1.00", "0.90"]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from clouddetect.lab.capacity.locust_runs import StepOutcome, run_step
 from clouddetect.lab.capacity.results import Experiment, RunRecord, StepRecord, run_key
 from clouddetect.lab.capacity.search import Capacity, Measure, SearchSettings, Step, find_capacity
-from clouddetect.lab.capacity.targets import Platform, PodMetrics, poll
+from clouddetect.lab.capacity.targets import PodMetrics, Target, poll
 from clouddetect.loadtest.settings import LoadSettings, StepPlan
 from clouddetect.settings_fields import setting
 from clouddetect.verdicts import describe_kinds
@@ -44,8 +44,9 @@ class Plan:
     poll_interval_s: float = setting(1.0, "Time between readiness and drain checks.", low=0, low_open=True)
 
 
-# Load settings that describe how requests are made, not where they come from or how progress is shown.
-_NOT_CONDITIONS = ("images", "locust_processes", "progress_interval_s")
+# Load settings that are not conditions of the measurement: where the images come from, how the load generator is
+# laid out, how progress and saturation are watched (the probe's window only shapes the search's jump).
+_NOT_CONDITIONS = ("images", "locust_processes", "progress_interval_s", "probe_window_s")
 
 
 def experiment_conditions(platform: str, search: SearchSettings, load: LoadSettings, image_count: int,
@@ -62,7 +63,7 @@ def served(before: dict[str, PodMetrics], after: dict[str, PodMetrics]) -> dict[
     }
 
 
-def wait_drained(platform: Platform, timeout_s: float, interval_s: float) -> None:
+def wait_drained(platform: Target, timeout_s: float, interval_s: float) -> None:
     def idle() -> bool | None:
         return True if sum(m.in_flight for m in platform.pod_metrics().values()) == 0 else None
 
@@ -99,7 +100,7 @@ def _now() -> str:
 
 
 class Runner:
-    def __init__(self, platform: Platform, experiment: Experiment, plan: Plan, search: SearchSettings,
+    def __init__(self, platform: Target, experiment: Experiment, plan: Plan, search: SearchSettings,
                  load: LoadSettings, echo: Echo):
         self.platform = platform
         self.experiment = experiment

@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import requests
@@ -26,7 +27,7 @@ IN_FLIGHT_SAMPLE = metrics.IN_FLIGHT
 T = TypeVar("T")
 
 
-class PlatformError(RuntimeError):
+class TargetError(RuntimeError):
     """The service cannot be scaled, reached or read."""
 
 
@@ -40,7 +41,7 @@ class PodMetrics:
         return sum(self.requests_by_status.values())
 
 
-class Platform(Protocol):
+class Target(Protocol):
     def scale(self, pods: int) -> None:
         """Ask for this many pods."""
 
@@ -97,7 +98,7 @@ def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float, wai
         if answer is not None:
             return answer
         if time.monotonic() >= deadline:
-            raise PlatformError(f"timed out after {timeout_s:g} s waiting for {waiting_for}")
+            raise TargetError(f"timed out after {timeout_s:g} s waiting for {waiting_for}")
         time.sleep(interval_s)
 
 
@@ -117,7 +118,7 @@ class FixedUrl:
 
     def scale(self, pods: int) -> None:
         if pods != self.replicas:
-            raise PlatformError(f"{self.url} is a fixed endpoint labelled {self.replicas} pods; it cannot run {pods}")
+            raise TargetError(f"{self.url} is a fixed endpoint labelled {self.replicas} pods; it cannot run {pods}")
 
     def wait_ready(self, pods: int) -> list[str]:
         self.scale(pods)
@@ -151,7 +152,7 @@ class FixedUrl:
             response = requests.get(self.url + path, timeout=self.http_timeout_s)
             response.raise_for_status()
         except requests.RequestException as exc:
-            raise PlatformError(f"cannot read {self.url}{path}: {exc}") from None
+            raise TargetError(f"cannot read {self.url}{path}: {exc}") from None
         return response
 
 
@@ -181,7 +182,7 @@ class KubernetesSettings:
                                             "a node].")
     pod_port: int = setting(Settings.port, "Pods' port serving /metrics.")
     ready_timeout_s: float = setting(600.0, "Time allowed for the pods to become ready after scaling.", low=0)
-    kubeconfig: str | None = setting(None, "kubeconfig file [default: as kubectl finds it].")
+    kubeconfig: Path | None = setting(None, "[default: as kubectl finds it]", file=True)
     context: str | None = setting(None, "kubeconfig context [default: the current one].")
 
 
@@ -196,9 +197,10 @@ class Kubernetes:
         from kubernetes import client, config  # only the Kubernetes platform needs the client
 
         try:
-            config.load_kube_config(config_file=settings.kubeconfig, context=settings.context)
+            config.load_kube_config(config_file=settings.kubeconfig and str(settings.kubeconfig),
+                                    context=settings.context)
         except (config.ConfigException, OSError) as exc:
-            raise PlatformError(f"no usable kubeconfig: {exc}") from None
+            raise TargetError(f"no usable kubeconfig: {exc}") from None
         self.apps = client.AppsV1Api()
         self.core = client.CoreV1Api()
         self.namespace = settings.namespace
@@ -232,12 +234,12 @@ class Kubernetes:
         service = self.core.read_namespaced_service(self.service, self.namespace)
         node_ports = [p.node_port for p in service.spec.ports or [] if p.node_port]
         if not node_ports:
-            raise PlatformError(f"service {self.namespace}/{self.service} has no NodePort; pass --service-url")
+            raise TargetError(f"service {self.namespace}/{self.service} has no NodePort; pass --service-url")
         for node in self.core.list_node().items:
             for address in node.status.addresses or []:
                 if address.type == "InternalIP":
                     return f"http://{address.address}:{node_ports[0]}"
-        raise PlatformError("no node has an InternalIP; pass --service-url")
+        raise TargetError("no node has an InternalIP; pass --service-url")
 
     def pod_metrics(self) -> dict[str, PodMetrics]:
         metrics = {}

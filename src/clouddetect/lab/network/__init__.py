@@ -1,1 +1,1 @@
-"""A simulated remote client: a relay that shapes delay and rate, in a network namespace, and its probe."""
+"""A simulated remote client: a network namespace whose link tbf limits in rate and a relay delays, and its probe."""

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clouddetect.lab.capacity.experiment import ASSIGNMENT_PODS, TIMEOUT_SHARE_HELD
-from clouddetect.lab.capacity.experiment import CLIENT_LOCATIONS as LOCATIONS
+from clouddetect.lab.capacity.experiment import ASSIGNMENT_PODS, CLIENT_LOCATIONS, TIMEOUT_SHARE_HELD
 from clouddetect.lab.capacity.results import Experiment, RunRecord
 
 # One request on the wire: a base64 test image in JSON (~220 KB measured), for the bandwidth a load needs.
@@ -234,7 +233,7 @@ class Facts:
 
     @property
     def missing_locations(self) -> list[str]:
-        return [location for location in LOCATIONS if location not in self.locations]
+        return [location for location in CLIENT_LOCATIONS if location not in self.locations]
 
     @property
     def comparisons(self) -> list[Comparison]:

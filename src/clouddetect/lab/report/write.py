@@ -18,7 +18,7 @@ import jinja2
 
 from clouddetect.lab.capacity.results import Experiment, RunRecord
 from clouddetect.lab.report import DEFAULT_TITLE, analysis, pdf, plots
-from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, LOCATIONS, Facts, Point, Spread
+from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, CLIENT_LOCATIONS, Facts, Point, Spread
 from clouddetect.verdicts import describe_kinds
 
 REPORT_MD = "report.md"
@@ -72,7 +72,7 @@ class TitleBlock:
     lines: list[str] = field(default_factory=list)
 
 
-def format_summary(summary: Spread | None, unit: str = "", digits: int = 0) -> str:
+def format_spread(summary: Spread | None, unit: str = "", digits: int = 0) -> str:
     if summary is None:
         return "-"
     return f"{summary.mean:.{digits}f} ± {summary.std:.{digits}f}{unit} (n={summary.n})"
@@ -89,7 +89,7 @@ def _list(values: Sequence[float | None]) -> str:
 def assignment_table(facts: Facts) -> Table:
     """The assignment's table: a row per pod count (1, 2, 4, 8 and any other measured), master and remote columns."""
     by_key = {(p.location, p.pods): p for p in facts.points}
-    locations = [*LOCATIONS, *(loc for loc in facts.locations if loc not in LOCATIONS)]
+    locations = [*CLIENT_LOCATIONS, *(loc for loc in facts.locations if loc not in CLIENT_LOCATIONS)]
     header = ["pods"] + [f"{title} ({loc})" for loc in locations
                          for title in (f"max users (timeout {_list(facts.timeouts)} s)", "mean response time")]
     rows = []
@@ -97,8 +97,8 @@ def assignment_table(facts: Facts) -> Table:
         row = [str(pods)]
         for location in locations:
             point = by_key.get((location, pods))
-            row += [format_summary(point.max_users) if point else "-",
-                    format_summary(point.avg_ms, " ms") if point else "-"]
+            row += [format_spread(point.max_users) if point else "-",
+                    format_spread(point.avg_ms, " ms") if point else "-"]
         rows.append(row)
     caption = (f"Most users served with no failed request and the mean response time while holding them; mean ± "
                f"sample standard deviation over the repeats (n). A request slower than the timeout "
@@ -111,9 +111,9 @@ def capacity_table(facts: Facts) -> Table:
     objectives = sorted({p.slo_p95_s for p in facts.points if p.slo_p95_s})
     header = ["pods", "client", "saturation req/s", "scaling efficiency", "median ms", "p95 ms", "p99 ms",
               f"users within p95 ≤ {_list(objectives)} s"]
-    rows = [[str(p.pods), p.location, format_summary(p.saturation_rps, digits=1), _optional(p.efficiency, 2),
-             format_summary(p.median_ms), format_summary(p.p95_ms), format_summary(p.p99_ms),
-             format_summary(p.slo_users)] for p in sorted(facts.points, key=lambda p: (p.pods, p.location))]
+    rows = [[str(p.pods), p.location, format_spread(p.saturation_rps, digits=1), _optional(p.efficiency, 2),
+             format_spread(p.median_ms), format_spread(p.p95_ms), format_spread(p.p99_ms),
+             format_spread(p.slo_users)] for p in sorted(facts.points, key=lambda p: (p.pods, p.location))]
     caption = ("Saturation throughput (requests/s once more users add none), scaling efficiency (over 1 pod's "
                "times the pods; 1.0 is linear) and response times at capacity.")
     return Table(header, rows, caption)
