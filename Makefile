@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/memory_under_load.py --variants engine=opencv,malloc_arenas=16
 	$(BIN)/python benchmarks/engines.py
 	$(BIN)/python benchmarks/slow_clients.py
+	$(BIN)/python benchmarks/overload.py
 
 # The container image; starts the Docker engine and provides the base image first where missing (see scripts/).
 image:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +58,17 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
-    """``clouddetect serve`` in a process of its own on a free loopback port, stopped with SIGTERM."""
+def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None,
+                in_cgroups: Sequence[Path] = ()) -> Iterator[LiveServer]:
+    """``clouddetect serve`` in a process of its own on a free loopback port (inside ``in_cgroups``, v1 cgroup
+    folders, when given), stopped with SIGTERM."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     command = [sys.executable, "-m", "clouddetect", "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
     with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, **(env or {})},
+                                   preexec_fn=(lambda: _join(in_cgroups)) if in_cgroups else None)  # noqa: PLW1509
     server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
         try:
@@ -81,6 +84,11 @@ def live_server(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _join(cgroups: Sequence[Path]) -> None:
+    for group in cgroups:
+        (group / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def stand_in_commands(tmp_path: Path, scripts: dict[str, str]) -> Path:

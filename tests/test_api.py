@@ -9,6 +9,8 @@ import json
 import logging
 import re
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import pytest
 from flask.testing import FlaskClient
 from PIL import Image
 
+from clouddetect.admission import GONE_ENVIRON_KEY
 from clouddetect.api import create_app
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
@@ -242,11 +245,12 @@ class BrokenDetector:
     """A ready detector whose inference fails: what a fault inside OpenCV looks like to the API."""
 
     ready = True
+    service_s = None
 
     def __init__(self, real: Detector) -> None:
         self.prepare = real.prepare
 
-    def infer(self, prepared: PreparedImage) -> tuple[list, float]:
+    def infer(self, prepared: PreparedImage, before_forward: object = None) -> tuple[list, float]:
         raise RuntimeError("forward pass failed")
 
 
@@ -292,3 +296,44 @@ def test_deeply_nested_json_is_400(client) -> None:
 def test_options_is_not_counted_as_a_detection(client) -> None:
     assert client.options(ENDPOINT).status_code == 200
     assert 'clouddetect_requests_total{status="200"}' not in client.get("/metrics").get_data(as_text=True)
+
+
+# ---- work only for clients that still wait
+
+
+def _post_while_inference_is_busy(client: FlaskClient, detector: Detector, image: Path, hold_s: float,
+                                  **kwargs: object) -> tuple[object, list]:
+    """A request sent while the detector's net is held (by the test), which lets go after ``hold_s``."""
+    answers: list = []
+    with detector._forward_lock:  # noqa: SLF001 - the test plays a long forward pass of other requests
+        sender = threading.Thread(target=lambda: answers.append(client.post(ENDPOINT, json=request_body(image),
+                                                                            **kwargs)))
+        sender.start()
+        time.sleep(hold_s)
+    sender.join(timeout=60)
+    return answers[0], answers
+
+
+def test_a_request_whose_deadline_passes_while_it_waits_is_never_run(client: FlaskClient, detector: Detector,
+                                                                     images: list[Path]) -> None:
+    before = detector.service_s
+    answer, _ = _post_while_inference_is_busy(client, detector, images[0], 0.6,
+                                              headers={"X-Request-Timeout": "0.3"})
+    assert answer.status_code == 503 and answer.get_json()["error"]["code"] == "deadline_exceeded"
+    assert detector.service_s == before  # no forward pass was run for it
+    assert 'clouddetect_dropped_total{reason="deadline_exceeded"} 1.0' in client.get("/metrics").get_data(True)
+
+
+def test_a_request_whose_client_left_while_it_waited_is_dropped(client: FlaskClient, detector: Detector,
+                                                                images: list[Path]) -> None:
+    gone = threading.Event()
+    gone.set()  # the server's bridge sets it when the connection closes
+    answer, _ = _post_while_inference_is_busy(client, detector, images[0], 0.2,
+                                              environ_base={GONE_ENVIRON_KEY: gone})
+    assert answer.status_code == 499 and answer.get_json()["error"]["code"] == "client_closed_request"
+    assert 'clouddetect_dropped_total{reason="client_closed_request"} 1.0' in client.get("/metrics").get_data(True)
+
+
+def test_a_request_with_time_to_spare_is_answered(client: FlaskClient, images: list[Path]) -> None:
+    answer = client.post(ENDPOINT, json=request_body(images[0]), headers={"X-Request-Timeout": "30"})
+    assert answer.status_code == 200

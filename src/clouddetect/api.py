@@ -17,7 +17,7 @@ import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, NotFound
 
-from clouddetect.admission import Admission
+from clouddetect.admission import DEADLINE_ENVIRON_KEY, GONE_ENVIRON_KEY, Admission
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
 from clouddetect.detector import Detection, Detector, PreparedImage
@@ -25,6 +25,8 @@ from clouddetect.errors import (
     REFUSAL_ENVIRON_KEY,
     BodyTooLarge,
     ClientError,
+    ClientGone,
+    DeadlineExceeded,
     LengthRequired,
     MalformedJson,
     NotJson,
@@ -33,7 +35,7 @@ from clouddetect.errors import (
 from clouddetect.metrics import Metrics
 from clouddetect.openapi import document
 from clouddetect.request_json import image_bytes_of, request_id_of, request_object, response_body
-from clouddetect.verdicts import ENDPOINT
+from clouddetect.verdicts import ENDPOINT, TIMEOUT_HEADER
 
 log = logging.getLogger("clouddetect.api")
 # Of the files swagger-ui-bundle ships, the two /docs needs.
@@ -58,14 +60,31 @@ class DetectionPipeline:
     def detect(self, body_bytes: int) -> list[Detection]:
         if not self.detector.ready:
             raise NotReady("the model is still loading; retry shortly")
+        allowed_s = self.admission.wait_allowed_s(request.headers.get(TIMEOUT_HEADER))
+        # The server's bridge set the deadline as the request arrived; a request from elsewhere (a test client) starts
+        # its clock now.
+        deadline = request.environ.get(DEADLINE_ENVIRON_KEY, time.monotonic() + allowed_s)
+        refusal = self.admission.refusal_by_time(deadline - time.monotonic())
+        if refusal is not None:
+            raise refusal
+        gone = request.environ.get(GONE_ENVIRON_KEY)
         with self.admission.slot(body_bytes):
             prepared = self._read_image()
-            detections, forward_s = self.detector.infer(prepared)
-        g.inference_ms = forward_s * 1000
-        self.metrics.inference.observe(forward_s)
+            detections, held_s = self.detector.infer(prepared, lambda: self._still_wanted(deadline, allowed_s, gone))
+        g.inference_ms = held_s * 1000
+        self.metrics.inference.observe(held_s)
         for d in detections:
             self.metrics.objects.labels(d.label).inc()
         return detections
+
+    def _still_wanted(self, deadline: float, allowed_s: float, gone: threading.Event | None) -> None:
+        """Raises, so the request is dropped unrun, when its client left or its deadline passed while it waited."""
+        for dropped, reason in ((gone is not None and gone.is_set(), ClientGone),
+                                (time.monotonic() > deadline, DeadlineExceeded)):
+            if dropped:
+                self.metrics.dropped.labels(reason.code).inc()
+                raise reason(f"not run: {'the client left' if reason is ClientGone else 'its deadline passed'} "
+                             f"before its turn (it allowed {allowed_s:g} s); retry shortly")
 
     def _read_image(self) -> PreparedImage:
         """The request's image at network size; the body, its bytes and the full image are let go on return, so a
@@ -87,7 +106,8 @@ def create_app(settings: Settings, detector: Detector, metrics: Metrics | None =
         settings=settings,
         detector=detector,
         metrics=metrics or Metrics(),
-        admission=Admission(settings.max_waiting_requests, settings.max_waiting_body_bytes),
+        admission=Admission(settings.max_waiting_requests, settings.max_waiting_body_bytes, settings.max_queue_wait_s,
+                            lambda: detector.service_s),
         decode_slots=threading.BoundedSemaphore(settings.decode_slots),
     )
     app.register_blueprint(bp)

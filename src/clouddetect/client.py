@@ -14,7 +14,7 @@ from typing import Any
 import requests
 
 from clouddetect.images import encode_file, image_files
-from clouddetect.verdicts import ENDPOINT, MALFORMED, WRONG_ID, failure_kind, response_problem
+from clouddetect.verdicts import ENDPOINT, MALFORMED, TIMEOUT_HEADER, WRONG_ID, failure_kind, response_problem
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ def detect_one(session: requests.Session, url: str, image: Path, timeout_s: floa
     request_id = str(uuid.uuid4())
     started = time.perf_counter()
     try:
-        response = session.post(url, json={"id": request_id, "image": encode_file(image)}, timeout=timeout_s)
+        response = session.post(url, json={"id": request_id, "image": encode_file(image)}, timeout=timeout_s,
+                                headers={TIMEOUT_HEADER: f"{timeout_s:g}"})
     except (requests.RequestException, OSError) as exc:
         latency_s = time.perf_counter() - started
         kind = failure_kind(0, None, request_id, latency_s, timeout_s, exc)

@@ -93,6 +93,17 @@ class Settings:
     max_waiting_requests: int = setting(
         192, "Requests per worker waiting for inference; past it the answer is 503 with Retry-After."
     )
+    max_queue_wait_s: float = setting(
+        20.0, "Longest a detection request waits for its forward pass, unless its X-Request-Timeout header is"
+        " shorter; below the common 30 s client timeout, so no answer is worked on for a client that gave up."
+    )
+    max_refusals_per_s: float = setting(
+        25.0, "Refusals on arrival answered per second per worker; more wait their turn (at most until their"
+        " deadline), so clients that retry at once cannot take the CPU from inference (~1 ms each)."
+    )
+    refusal_log_interval_s: float = setting(
+        10.0, "Refusals on arrival are logged as one summary line per this many seconds, not one line each."
+    )
     max_waiting_body_bytes: int = setting(
         128 * 1024 * 1024, "Bytes of request bodies waiting for inference per worker; past it the answer is 503."
     )
@@ -126,7 +137,8 @@ class Settings:
                      "engine_trial_forwards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("header_timeout_s", "body_timeout_s", "send_timeout_s", "keepalive_s", "graceful_timeout_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "send_timeout_s", "keepalive_s", "graceful_timeout_s",
+                     "max_queue_wait_s", "refusal_log_interval_s", "max_refusals_per_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be above 0")
         for name in ("max_waiting_body_bytes", "max_receiving_body_bytes"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -19,6 +20,8 @@ from clouddetect.engines import EngineInfo, create_engine
 from clouddetect.model_store import ModelFiles
 
 _WARM_UP_SIDE_PX = 64
+# How much each image moves the learned service time: a few images follow a change of load.
+SERVICE_TIME_WEIGHT = 0.2
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Detector:
         self._engine = create_engine(files, settings)
         self._forward_lock = threading.Lock()
         self._warm = threading.Event()
+        self.service_s: float | None = None  # seconds the net is held per image here, under this load and quota
 
     @property
     def engine(self) -> EngineInfo:
@@ -77,16 +81,29 @@ class Detector:
     def detect(self, image: np.ndarray) -> list[Detection]:
         return self.infer(self.prepare(image))[0]
 
-    def infer(self, prepared: PreparedImage) -> tuple[list[Detection], float]:
-        """The detections and the seconds the forward pass took (waiting for the lock not included)."""
+    def infer(self, prepared: PreparedImage,
+              before_forward: Callable[[], None] | None = None) -> tuple[list[Detection], float]:
+        """The detections and the seconds the net was held for them (waiting for it not included).
+
+        ``before_forward`` runs once the net is free, just before the work starts: an exception it raises (the
+        caller no longer wants the answer) abandons the request without running it.
+        """
         side = self.settings.input_size_px
         with self._forward_lock:
+            if before_forward is not None:
+                before_forward()
+            started = time.perf_counter()
             # The float blob (2 MB) is made only once the net is free: waiting requests hold 0.5 MB each, not 2.5.
             blob = cv2.dnn.blobFromImage(prepared.pixels, 1 / 255.0, (side, side), swapRB=True, crop=False)
-            started = time.perf_counter()
             rows = self._engine.forward(blob)
-            forward_s = time.perf_counter() - started
-        return decode_rows(rows, prepared.width, prepared.height, self.labels, self.settings), forward_s
+            held_s = time.perf_counter() - started
+            self._learn(held_s)
+        return decode_rows(rows, prepared.width, prepared.height, self.labels, self.settings), held_s
+
+
+    def _learn(self, held_s: float) -> None:
+        previous = self.service_s
+        self.service_s = held_s if previous is None else previous + SERVICE_TIME_WEIGHT * (held_s - previous)
 
 
 def decode_rows(

@@ -64,6 +64,20 @@ class Overloaded(ClientError):
     code = "overloaded"
 
 
+class DeadlineExceeded(ClientError):
+    """The request's deadline (its ``X-Request-Timeout``, else ``max_queue_wait_s``) passed before its turn came."""
+
+    status = 503
+    code = "deadline_exceeded"
+
+
+class ClientGone(ClientError):
+    """The client closed its connection while its request waited: the request is dropped, the answer goes nowhere."""
+
+    status = 499  # nginx's "client closed request": never sent, but logged and counted as such
+    code = "client_closed_request"
+
+
 class RequestTimeout(ClientError):
     """The request arrived too slowly; the server stopped waiting for the rest of it."""
 

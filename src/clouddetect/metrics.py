@@ -30,6 +30,16 @@ class Metrics:
         self.in_flight = Gauge(
             IN_FLIGHT, "Detection requests being served now.", registry=self.registry
         )
+        self.refused = Counter(
+            "clouddetect_refused_before_body",
+            "Detection requests refused on arrival, before their body was read or a thread taken, by reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.dropped = Counter(
+            "clouddetect_dropped", "Admitted detection requests never run, by reason: their deadline passed "
+            "(deadline_exceeded) or their client left (client_closed_request) before their forward pass.",
+            ["reason"], registry=self.registry,
+        )
         self.objects = Counter(
             "clouddetect_objects_detected", "Objects found, by label.", ["label"], registry=self.registry
         )

@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 ENDPOINT = "/api/object_detection"
+# A client states here how many seconds it waits, so the service never works for it longer (nor queues it in vain).
+TIMEOUT_HEADER = "X-Request-Timeout"
 # A client that waits longer than this for an answer counts the request as failed (load test, lab, faults).
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 RECTANGLE_KEYS = ("height", "left", "top", "width")

@@ -29,7 +29,7 @@ import requests
 from clouddetect.images import default_folder, encode_file, image_files
 from clouddetect.lab.capacity.targets import Kubernetes, KubernetesSettings, TargetError, is_serving, poll
 from clouddetect.settings_fields import click_options, setting
-from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, failure_kind
+from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S, ENDPOINT, TIMEOUT_HEADER, failure_kind
 
 FAULTS = ("pod-delete", "rollout-restart", "node-loss")
 DETAIL_CHARS = 500  # of a failed request's answer or exception, kept in the result
@@ -101,7 +101,8 @@ class LoadLoop:
             started = self.clock()
             detail = None
             try:
-                response = session.post(self.url, json=body, timeout=self.request_timeout_s)
+                response = session.post(self.url, json=body, timeout=self.request_timeout_s,
+                                        headers={TIMEOUT_HEADER: f"{self.request_timeout_s:g}"})
                 error = failure_kind(response.status_code, response.text, body["id"], self.clock() - started,
                                      self.request_timeout_s)
                 if error:

@@ -21,7 +21,7 @@ from clouddetect.images import IMAGES_ENV, encode_file, image_files
 from clouddetect.loadtest import tally
 from clouddetect.loadtest.settings import LoadSettings, locust_flag
 from clouddetect.settings_fields import add_arguments
-from clouddetect.verdicts import ENDPOINT, failure_kind
+from clouddetect.verdicts import ENDPOINT, TIMEOUT_HEADER, failure_kind
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -84,7 +84,8 @@ class DetectionUser(FastHttpUser):
         request_id = str(uuid.uuid4())
         timeout_s = self.environment.parsed_options.request_timeout_s
         sent_at = tally.LOCAL.send()
-        with self.client.post(ENDPOINT, data=request_body(request_id, self.pick_image()), headers=JSON_HEADERS,
+        headers = {**JSON_HEADERS, TIMEOUT_HEADER: f"{timeout_s:g}"}  # the service gives up when this client does
+        with self.client.post(ENDPOINT, data=request_body(request_id, self.pick_image()), headers=headers,
                               catch_response=True) as response:
             elapsed_s = response.request_meta["response_time"] / 1000
             # Status 0: no answer at all, and the error says why; other statuses carry a body to judge.

@@ -4,16 +4,23 @@ made on a request thread and sent by the loop, saying whether the connection sta
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
+import json
 import logging
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flask import Flask
 
+from clouddetect.admission import DEADLINE_ENVIRON_KEY, GONE_ENVIRON_KEY, Admission
 from clouddetect.config import Settings
 from clouddetect.errors import REFUSAL_ENVIRON_KEY, ClientError, Overloaded, RequestTimeout
-from clouddetect.server.connections import Stopping, WSGIWrapper, build_environ
+from clouddetect.metrics import Metrics
+from clouddetect.server.connections import Stopping, WSGIWrapper, build_environ, current_connection
+from clouddetect.verdicts import ENDPOINT, TIMEOUT_HEADER
 
 log = logging.getLogger("clouddetect.server")
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
@@ -49,10 +56,23 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         self.settings = settings
         self.stopping = stopping
         self.receiving_bytes = 0
+        pipeline = app.extensions["clouddetect"]
+        self.admission: Admission = pipeline.admission
+        self.metrics: Metrics = pipeline.metrics
+        self.refusals = RefusalSummary()
+        self.pacer = Pacer(settings.max_refusals_per_s)
 
     async def handle_http(self, scope: dict[str, Any], receive: Receive, send: ASGISend,
                           sync_spawn: Callable[..., Awaitable[Any]], _call_soon: Callable[..., Any]) -> None:
         length = _body_length(scope)
+        detection = scope["method"] == "POST" and scope["path"] == ENDPOINT and length is not None
+        if detection:
+            allowed_s = self.admission.wait_allowed_s(_header(scope, TIMEOUT_HEADER))
+            deadline = time.monotonic() + allowed_s
+            refusal = self.admission.refusal_by_time(allowed_s)
+            if refusal is not None:
+                await self._refuse(scope, send, length, refusal, deadline)
+                return
         body, complete, refusal = b"", False, None
         if length is not None and length <= self.settings.max_body_bytes:
             try:
@@ -64,21 +84,57 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         del body
         if refusal is not None:
             environ[REFUSAL_ENVIRON_KEY] = refusal
+        watcher = None
+        if detection:
+            environ[DEADLINE_ENVIRON_KEY] = deadline
+            environ[GONE_ENVIRON_KEY] = gone = threading.Event()
+            watcher = asyncio.ensure_future(_watch_disconnect(receive, gone)) if complete else None
         # hypercorn queues what arrives for the app and waits when the queue is full, even to say the answer is
         # sent: what is left of an unread body is taken off the queue and dropped until the connection closes.
         rest = None if complete else asyncio.ensure_future(_discard(receive))
         try:
             status, headers, content = await sync_spawn(self._answer, environ)
-            # HTTP/1.0 and HTTP/2 connections are not kept by these headers (h2 drops them).
-            with self.stopping.answer(keep_alive=complete and scope["http_version"] == "1.1") as keep:
-                if not keep:
-                    headers.append((b"connection", b"close"))
-                # hypercorn decides whether to keep the connection when the last of the answer is sent.
-                await send({"type": "http.response.start", "status": status, "headers": headers})
-                await send({"type": "http.response.body", "body": content, "more_body": False})
+            await self._send(scope, send, complete, status, headers, content)
         finally:
-            if rest is not None:
-                rest.cancel()
+            for task in (rest, watcher):
+                if task is not None:
+                    task.cancel()
+
+    async def _send(self, scope: dict[str, Any], send: ASGISend, complete: bool, status: int,
+                    headers: list[tuple[bytes, bytes]], content: bytes) -> None:
+        # HTTP/1.0 and HTTP/2 connections are not kept by these headers (h2 drops them).
+        with self.stopping.answer(keep_alive=complete and scope["http_version"] == "1.1") as keep:
+            if not keep:
+                headers.append((b"connection", b"close"))
+            # hypercorn decides whether to keep the connection when the last of the answer is sent.
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    async def _refuse(self, scope: dict[str, Any], send: ASGISend, length: int, refusal: ClientError,
+                      deadline: float) -> None:
+        """Answer a detection request refused on arrival from the loop itself, before its body is read: no request
+        thread, no Flask, no log line of its own (``RefusalSummary``), at most ``max_refusals_per_s`` (``Pacer``).
+
+        What is left of its body is read and dropped by the connection unparsed (``Connection.drop_input``), which
+        costs a fraction of parsing it, and the answer says ``Connection: close``: the client reads its 503 and
+        closes, and the connection closes after it, so no reset can destroy the answer before the client reads it.
+        """
+        connection = current_connection.get(None)
+        if connection is not None:
+            connection.drop_input(self._body_allowed_s(length) + self.settings.max_queue_wait_s)
+        await self.pacer.turn(deadline)
+        content = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
+                   (b"retry-after", str(self.settings.retry_after_s).encode())]
+        self.metrics.refused.labels(refusal.code).inc()
+        self.metrics.requests.labels(str(refusal.status)).inc()
+        self.refusals.note(refusal.code)
+        await self._send(scope, send, False, refusal.status, headers, content)
+
+    def _body_allowed_s(self, length: int) -> float:
+        """How long a body of ``length`` bytes may take to arrive."""
+        return min(self.settings.body_timeout_s,
+                   self.settings.header_timeout_s + length / self.settings.min_body_rate_bytes_per_s)
 
     def _answer(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """The app's whole answer, made on a request thread; the loop sends it in one piece afterwards, so the
@@ -100,8 +156,7 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
     async def _receive_body(self, scope: dict[str, Any], receive: Receive,
                             length: int) -> tuple[bytes, bool, ClientError | None]:
         """The body, whether it arrived whole, and why the request is refused (None when it is not)."""
-        allowed_s = min(self.settings.body_timeout_s,
-                        self.settings.header_timeout_s + length / self.settings.min_body_rate_bytes_per_s)
+        allowed_s = self._body_allowed_s(length)
         chunks: list[bytes] = []
         held = received = 0
         refusal: ClientError | None = None
@@ -159,3 +214,63 @@ class ReadOnce(io.BytesIO):
 async def _discard(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def _watch_disconnect(receive: Receive, gone: threading.Event) -> None:
+    """Tells the request thread its client left: after the whole body only a disconnect can arrive."""
+    await _discard(receive)
+    gone.set()
+
+
+def _header(scope: dict[str, Any], name: str) -> str | None:
+    wanted = name.lower().encode("latin-1")
+    return next((value.decode("latin-1") for key, value in scope["headers"] if key == wanted), None)
+
+
+class RefusalSummary:
+    """Refusals on arrival counted by reason and logged as one line per ``refusal_log_interval_s`` (``report``):
+    under overload there are hundreds a second, and a line each would cost more than the refusal itself."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.since = time.monotonic()
+
+    def note(self, reason: str) -> None:
+        self.counts[reason] += 1
+
+    async def report(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            self.flush()
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        if self.counts:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(self.counts.items()))
+            log.info("refused on arrival: %d requests in the last %.0f s (%s)", self.counts.total(), now - self.since,
+                     reasons)
+            self.counts.clear()
+        self.since = now
+
+
+class Pacer:
+    """Turns of at most ``per_s`` a second, first come first served, each given at its deadline at the latest.
+
+    A refusal costs the loop ~1 ms of CPU, and a client refused at once comes straight back: hundreds of clients
+    doing so would spend the pod's CPU on refusing. Waiting for a turn costs nothing, so refusing keeps to a small,
+    fixed share of the CPU however many clients retry, and a refused client learns it no later than its deadline.
+    """
+
+    def __init__(self, per_s: float) -> None:
+        self.interval_s = 1.0 / per_s
+        self.next_turn = 0.0  # time.monotonic() seconds
+
+    async def turn(self, deadline: float) -> None:
+        """Returns at this caller's turn, or at its deadline when that comes first (the turn then stays free)."""
+        now = time.monotonic()
+        at = max(now, self.next_turn)
+        if at > deadline:
+            await asyncio.sleep(max(0.0, deadline - now))
+            return
+        self.next_turn = at + self.interval_s
+        await asyncio.sleep(at - now)

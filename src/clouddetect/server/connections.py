@@ -4,7 +4,8 @@
 # bridge and the worker loop take theirs from this module): a body read within a deadline before the WSGI app runs
 # (WSGIWrapper.handle_http, _build_environ), an idle timer split into keep-alive and header deadlines
 # (TCPServer._idle_timeout, _read_data, idle_task, and h11's trailing_data reached through the protocol), a bounded
-# wait for a client to take an answer (TCPServer.protocol_send, send_lock, writer), and a worker loop with its own
+# wait for a client to take an answer (TCPServer.protocol_send, send_lock, writer), the rest of a refused body read
+# without parsing it (TCPServer.run, _read_data, reader, hypercorn's MAX_RECV), and a worker loop with its own
 # executor and connection limit (TCPServer's constructor, WorkerContext and its terminated event). Tested with
 # hypercorn 0.18 (pinned in pyproject.toml: hypercorn>=0.18,<0.19); check these names before widening the pin.
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 from hypercorn.app_wrappers import WSGIWrapper as WSGIWrapper
 from hypercorn.app_wrappers import _build_environ
-from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.asyncio.worker_context import EventWrapper
 from hypercorn.asyncio.worker_context import WorkerContext as WorkerContext
 from hypercorn.config import Config
@@ -28,6 +30,8 @@ from clouddetect.config import Settings
 
 log = logging.getLogger("clouddetect.server")
 build_environ = _build_environ  # the WSGI environ of a request whose body the bridge has read itself
+# The connection a request arrived on, seen by the app tasks hypercorn spawns from it (they inherit its context).
+current_connection: contextvars.ContextVar[Connection] = contextvars.ContextVar("clouddetect_connection")
 
 
 def hypercorn_config(settings: Settings) -> Config:
@@ -108,9 +112,23 @@ class Connection(TCPServer):  # type: ignore[misc]
         super().__init__(*args)
         self.header_timeout_s = header_timeout_s
         self.send_timeout_s = send_timeout_s
+        self.dropping_until: float | None = None  # loop time until which the input is read and dropped
+
+    async def run(self) -> None:
+        current_connection.set(self)
+        await super().run()
+
+    def drop_input(self, within_s: float) -> None:
+        """Read whatever the client still sends and drop it unparsed, then close once it closes (or after
+        ``within_s``): a refused request's body costs a few reads instead of h11's parsing, and the answer sent
+        meanwhile, which says ``Connection: close``, is not lost to a reset from closing over unread bytes."""
+        self.dropping_until = self.loop.time() + within_s
 
     async def protocol_send(self, event: Event) -> None:
-        """hypercorn's, with the wait for the client to take an answer's bytes bounded by ``send_timeout_s``."""
+        """hypercorn's, with the wait for the client to take an answer's bytes bounded by ``send_timeout_s``; a
+        connection dropping its input closes when that ends (see ``_read_data``), not when the answer is sent."""
+        if isinstance(event, Closed) and self.dropping_until is not None:
+            return
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
@@ -143,8 +161,23 @@ class Connection(TCPServer):  # type: ignore[misc]
         await asyncio.shield(self._initiate_server_close())
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        """hypercorn's, but for input dropped unparsed after ``drop_input``; the idle timer stops at the end."""
+        while not self.reader.at_eof():
+            try:
+                async with asyncio.timeout(self._read_timeout_s()):
+                    data = await self.reader.read(MAX_RECV)
+            except (ConnectionError, OSError, TimeoutError):
+                break
+            if self.dropping_until is None:
+                await self.protocol.handle(RawData(data))
+        if self.dropping_until is None:
+            await self.protocol.handle(Closed())
         await self.idle_task.stop()
+
+    def _read_timeout_s(self) -> float | None:
+        if self.dropping_until is None:
+            return self.config.read_timeout
+        return max(0.0, self.dropping_until - self.loop.time())
 
     def _headers_begun(self) -> bool:
         connection = getattr(self.protocol.protocol, "connection", None)  # h11's; HTTP/2 has no half-read state

@@ -123,6 +123,7 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
 
     servers = [await asyncio.start_server(on_connection, sock=sock, backlog=config.backlog)
                for sock in sockets.insecure_sockets]
+    reporting = asyncio.ensure_future(wrapped.refusals.report(settings.refusal_log_interval_s))
     log.info("listening on %s with %d request threads", ", ".join(config.bind), settings.threads)
     await shutdown()
     deadline = loop.time() + config.graceful_timeout
@@ -135,6 +136,8 @@ async def serve_worker(app: Flask, settings: Settings, sockets: Sockets,
         _done, unfinished = await asyncio.wait(connections, timeout=max(0.0, deadline - loop.time()))
         for task in unfinished:
             task.cancel()
+    reporting.cancel()
+    wrapped.refusals.flush()
 
 
 def run_worker(settings: Settings, sockets: Sockets) -> None:
