@@ -78,9 +78,11 @@ class DetectionPipeline:
         return detections
 
     def _still_wanted(self, deadline: float, allowed_s: float, gone: threading.Event | None) -> None:
-        """Raises, so the request is dropped unrun, when its client left or its deadline passed while it waited."""
+        """Raises, so the request is dropped unrun, when its client left, or when its deadline passed while it
+        waited or would pass before its answer is made (one service time from now)."""
+        finish = time.monotonic() + (self.detector.service_s or 0.0)
         for dropped, reason in ((gone is not None and gone.is_set(), ClientGone),
-                                (time.monotonic() > deadline, DeadlineExceeded)):
+                                (finish > deadline, DeadlineExceeded)):
             if dropped:
                 self.metrics.dropped.labels(reason.code).inc()
                 raise reason(f"not run: {'the client left' if reason is ClientGone else 'its deadline passed'} "

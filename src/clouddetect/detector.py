@@ -100,8 +100,8 @@ class Detector:
             self._learn(held_s)
         return decode_rows(rows, prepared.width, prepared.height, self.labels, self.settings), held_s
 
-
     def _learn(self, held_s: float) -> None:
+        """The service time admission plans with: a moving average, so it follows the load and the CPU quota."""
         previous = self.service_s
         self.service_s = held_s if previous is None else previous + SERVICE_TIME_WEIGHT * (held_s - previous)
 
