@@ -25,11 +25,11 @@ from pathlib import Path
 
 import requests
 from engines import server_cpu_s
-from pod_limit import MIB, limited_server, pod_limit
+from pod_limit import MIB, PodLimit, limited_server, pod_limit
 from service_vs_raw import worker_peak_rss_mib
 
-from clouddetect.verdicts import ENDPOINT, response_problem
 from clouddetect.images import default_folder, image_files
+from clouddetect.verdicts import ENDPOINT, response_problem
 
 READY_TIMEOUT_S = 120.0
 
@@ -85,7 +85,8 @@ class Phase:
     seconds: float
     tally: Tally
     cpu_s: float
-    peak_rss_mib: float
+    wall_s: float  # until the last client's last request ended
+    peak_rss_mib: float | None  # None: the server was killed
 
     @property
     def goodput(self) -> float:
@@ -94,7 +95,8 @@ class Phase:
 
 def run_phase(url: str, bodies: list[bytes], clients: int, seconds: float, timeout_s: float, pid: int) -> Phase:
     tally = Tally()
-    until = time.monotonic() + seconds
+    started = time.monotonic()
+    until = started + seconds
     cpu_before = server_cpu_s(pid)
     threads = [threading.Thread(target=client, args=(url + ENDPOINT, bodies, timeout_s, until, tally), daemon=True)
                for _ in range(clients)]
@@ -102,7 +104,11 @@ def run_phase(url: str, bodies: list[bytes], clients: int, seconds: float, timeo
         thread.start()
     for thread in threads:
         thread.join()  # each ends by its deadline, or after its last request's timeout
-    return Phase(clients, seconds, tally, server_cpu_s(pid) - cpu_before, worker_peak_rss_mib(pid))
+    try:
+        cpu_s, peak = server_cpu_s(pid) - cpu_before, worker_peak_rss_mib(pid)
+    except (OSError, ValueError):  # its worker, or the server itself, is gone
+        cpu_s, peak = float("nan"), None
+    return Phase(clients, seconds, tally, cpu_s, time.monotonic() - started, peak)
 
 
 def report(name: str, phase: Phase, saturation: Phase | None) -> None:
@@ -113,8 +119,9 @@ def report(name: str, phase: Phase, saturation: Phase | None) -> None:
     print(f"{name}: {phase.clients} clients for {phase.seconds:.0f} s: {phase.goodput:.2f} answers in time/s "
           f"({phase.goodput / base.goodput:.2f}x saturation); {len(refusals) / phase.seconds:.1f} refusals/s, median "
           f"{statistics.median(refusals) * 1000 if refusals else 0:.1f} ms; {phase.tally.timeouts} client timeouts; "
-          f"other {json.dumps(phase.tally.other)}; server CPU {phase.cpu_s / phase.seconds:.2f} cores, "
-          f"{not_answers:.0%} of it not on answers; worker peak RSS {phase.peak_rss_mib:.0f} MiB", flush=True)
+          f"other {json.dumps(phase.tally.other)}; server CPU {phase.cpu_s / phase.wall_s:.2f} cores, "
+          f"{not_answers:.0%} of it not on answers; "
+          + (f"worker peak RSS {phase.peak_rss_mib:.0f} MiB" if phase.peak_rss_mib else "SERVER KILLED"), flush=True)
 
 
 def main() -> None:
@@ -136,11 +143,23 @@ def main() -> None:
         saturation = run_phase(url, bodies, args.saturation_clients, args.saturation_s, args.timeout_s, server.pid)
         report("saturation", saturation, None)
         for clients in (int(c) for c in args.overload_clients.split(",")):
-            report("overload", run_phase(url, bodies, clients, args.overload_s, args.timeout_s, server.pid),
-                   saturation)
+            phase = run_phase(url, bodies, clients, args.overload_s, args.timeout_s, server.pid)
+            report("overload", phase, saturation)
+            if phase.peak_rss_mib is None:
+                return
         alive = requests.get(url + "/healthz", timeout=args.timeout_s).status_code
         print(f"after: /healthz {alive}; server still running: {server.poll() is None}; worker peak RSS "
-              f"{worker_peak_rss_mib(server.pid):.0f} MiB of {limit.memory_bytes // MIB} MiB")
+              f"{worker_peak_rss_mib(server.pid):.0f} MiB (libraries' pages included); {cgroup_memory(limit)}")
+
+
+def cgroup_memory(limit: PodLimit) -> str:
+    """The memory cgroup's own peak (what its limit applies to) and how often it hit the limit."""
+    for group in limit.cgroups:
+        if (group / "memory.max_usage_in_bytes").exists():
+            peak = int((group / "memory.max_usage_in_bytes").read_text()) / MIB
+            hits = int((group / "memory.failcnt").read_text())
+            return f"cgroup peak {peak:.0f} MiB of {limit.memory_bytes // MIB} MiB, limit reached {hits} times"
+    return "no memory cgroup"
 
 
 if __name__ == "__main__":

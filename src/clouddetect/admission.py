@@ -34,11 +34,17 @@ class Admission:
         self.service_s = service_s  # seconds one image takes here, as the detector learns it; None before any
         self._requests = 0
         self._bytes = 0
+        self._admitted = 0  # let in by the server's loop, before their body arrived, until they are answered
         self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
         return self._requests
+
+    @property
+    def queued(self) -> int:
+        """Requests ahead of a new one: those let in on arrival, or (without the server's loop) those in a slot."""
+        return max(self._admitted, self._requests)
 
     def wait_allowed_s(self, stated: str | None) -> float:
         """The longest this request may wait: the client's ``X-Request-Timeout`` when it is a shorter positive
@@ -51,15 +57,29 @@ class Admission:
 
     def expected_wait_s(self) -> float:
         """How long a request admitted now would wait for its forward pass to end (0 until one pass was timed)."""
-        return (self._requests + 1) * (self.service_s() or 0.0)
+        return (self.queued + 1) * (self.service_s() or 0.0)
 
     def refusal_by_time(self, allowed_s: float) -> Overloaded | None:
         """Why a request allowed ``allowed_s`` is refused before its body is read; None when it may come in."""
+        if self.queued >= self.max_requests:
+            return Overloaded(f"{self.queued} requests wait already for inference; retry shortly")
         expected_s = self.expected_wait_s()
         if expected_s <= allowed_s:
             return None
-        return Overloaded(f"{self._requests} requests wait already (~{expected_s:.0f} s of work), more than this "
+        return Overloaded(f"{self.queued} requests wait already (~{expected_s:.0f} s of work), more than this "
                           f"request's {allowed_s:g} s; retry shortly")
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Count a request let in on arrival until it is answered: a burst of arrivals sees those before it, and
+        the bodies of requests waiting for a thread stay within ``max_requests``."""
+        with self._lock:
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._admitted -= 1
 
     @contextmanager
     def slot(self, body_bytes: int) -> Iterator[None]:

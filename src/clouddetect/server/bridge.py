@@ -71,8 +71,16 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
             deadline = time.monotonic() + allowed_s
             refusal = self.admission.refusal_by_time(allowed_s)
             if refusal is not None:
-                await self._refuse(scope, send, length, refusal, deadline)
+                await self._refuse(scope, receive, send, length, refusal, deadline)
                 return
+            with self.admission.admitted():
+                await self._serve(scope, receive, send, sync_spawn, length, deadline)
+            return
+        await self._serve(scope, receive, send, sync_spawn, length, None)
+
+    async def _serve(self, scope: dict[str, Any], receive: Receive, send: ASGISend,
+                     sync_spawn: Callable[..., Awaitable[Any]], length: int | None, deadline: float | None) -> None:
+        """Read the body, answer on a request thread, send; ``deadline``: a detection request's."""
         body, complete, refusal = b"", False, None
         if length is not None and length <= self.settings.max_body_bytes:
             try:
@@ -85,7 +93,7 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         if refusal is not None:
             environ[REFUSAL_ENVIRON_KEY] = refusal
         watcher = None
-        if detection:
+        if deadline is not None:
             environ[DEADLINE_ENVIRON_KEY] = deadline
             environ[GONE_ENVIRON_KEY] = gone = threading.Event()
             watcher = asyncio.ensure_future(_watch_disconnect(receive, gone)) if complete else None
@@ -110,8 +118,8 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": content, "more_body": False})
 
-    async def _refuse(self, scope: dict[str, Any], send: ASGISend, length: int, refusal: ClientError,
-                      deadline: float) -> None:
+    async def _refuse(self, scope: dict[str, Any], receive: Receive, send: ASGISend, length: int,
+                      refusal: ClientError, deadline: float) -> None:
         """Answer a detection request refused on arrival from the loop itself, before its body is read: no request
         thread, no Flask, no log line of its own (``RefusalSummary``), at most ``max_refusals_per_s`` (``Pacer``).
 
@@ -122,7 +130,11 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         connection = current_connection.get(None)
         if connection is not None:
             connection.drop_input(self._body_allowed_s(length) + self.settings.max_queue_wait_s)
-        await self.pacer.turn(deadline)
+        queued = asyncio.ensure_future(_discard(receive))  # the part of the body parsed before: let go of it now
+        try:
+            await self.pacer.turn(deadline)
+        finally:
+            queued.cancel()
         content = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
                    (b"retry-after", str(self.settings.retry_after_s).encode())]

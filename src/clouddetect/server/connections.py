@@ -170,6 +170,12 @@ class Connection(TCPServer):  # type: ignore[misc]
                 break
             if self.dropping_until is None:
                 await self.protocol.handle(RawData(data))
+            # Not kept while waiting for the next read: an idle or refused connection would hold up to MAX_RECV.
+            del data
+            if self.dropping_until is None:
+                # A request that began in this chunk is looked at (and maybe refused, see drop_input) before the
+                # rest of its body is parsed: its app task runs now, not after the whole buffered body.
+                await asyncio.sleep(0)
         if self.dropping_until is None:
             await self.protocol.handle(Closed())
         await self.idle_task.stop()

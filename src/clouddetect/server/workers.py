@@ -31,6 +31,9 @@ from clouddetect.server.connections import Connection, Stopping, WorkerContext, 
 
 log = logging.getLogger("clouddetect.server")
 M_ARENA_MAX = -8  # glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+# Blocks from this size up (request bodies, socket reads, images) are mapped on their own and given back when freed.
+MMAP_THRESHOLD_BYTES = 128 * 1024
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 # Files a worker opens besides its connections: listening sockets, model files, logs, the executor's pipes.
 FILES_BESIDES_CONNECTIONS = 256
@@ -41,14 +44,17 @@ def configure_logging(level: str) -> None:
 
 
 def limit_malloc_arenas(arenas: int) -> None:
-    """Cap glibc's malloc arenas before the request threads start.
+    """Cap glibc's malloc arenas before the request threads start, and keep large blocks out of them.
 
     glibc gives busy threads arenas of their own (up to 8 per core) and each keeps the memory its requests freed;
-    with 128 clients at once that was ~75 MiB more peak memory (benchmarks/memory_under_load.py). Elsewhere a no-op.
+    with 128 clients at once that was ~75 MiB more peak memory (benchmarks/memory_under_load.py). glibc also raises
+    its mmap threshold as large blocks are freed, after which bodies and socket reads of hundreds of connections
+    fragment the heap: with 900 clients past capacity, ~85 MiB more (benchmarks/overload.py). Elsewhere a no-op.
     """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(M_ARENA_MAX, arenas)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     except (OSError, AttributeError):
         log.debug("mallopt is not available; malloc arenas left as they are")
 
