@@ -89,6 +89,24 @@ def test_a_request_that_cannot_be_served_in_time_is_refused_before_its_body(tmp_
         assert "refused on arrival" not in server.log()  # one summary line now and then, not a line each
 
 
+def test_a_refused_client_reads_its_whole_answer_and_the_connection_closes_cleanly(tmp_path: Path,
+                                                                                   images: list[Path]) -> None:
+    """Its body is read and dropped unparsed, its 503 says Connection: close, and the server closes only once the
+    client has: closing over unread bytes would reset the connection and could destroy the answer."""
+    body = json.dumps(request_body(images[-1])).encode()
+    with live_server(tmp_path) as server:
+        busy = keep_busy(server.url, images)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(head(server.port, len(body), "0.2") + body)
+            answer = read_answer(sock)
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(65536) == b""  # an orderly close (FIN), not ConnectionResetError
+        for sender in busy:
+            sender.join()
+        assert answer.startswith("HTTP/1.1 503") and "connection: close" in answer.lower()
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+
+
 def test_a_request_whose_client_left_is_dropped_before_inference(tmp_path: Path, images: list[Path]) -> None:
     with live_server(tmp_path) as server:
         busy = keep_busy(server.url, images)

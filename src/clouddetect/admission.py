@@ -34,7 +34,7 @@ class Admission:
         self.service_s = service_s  # seconds one image takes here, as the detector learns it; None before any
         self._requests = 0
         self._bytes = 0
-        self._admitted = 0  # let in by the server's loop, before their body arrived, until they are answered
+        self._admitted = 0  # let in by the server's loop, from their body's arrival until they are answered
         self._lock = threading.Lock()
 
     @property
@@ -43,7 +43,7 @@ class Admission:
 
     @property
     def queued(self) -> int:
-        """Requests ahead of a new one: those let in on arrival, or (without the server's loop) those in a slot."""
+        """Requests ahead of a new one: those the server's loop let in, or (without it) those in a slot."""
         return max(self._admitted, self._requests)
 
     def wait_allowed_s(self, stated: str | None) -> float:
@@ -71,8 +71,9 @@ class Admission:
 
     @contextmanager
     def admitted(self) -> Iterator[None]:
-        """Count a request let in on arrival until it is answered: a burst of arrivals sees those before it, and
-        the bodies of requests waiting for a thread stay within ``max_requests``."""
+        """Count a request let in by the server's loop, from when its body has arrived until it is answered: a
+        burst of arrivals sees those before it, and the bodies waiting for a request thread stay within
+        ``max_requests``."""
         with self._lock:
             self._admitted += 1
         try:

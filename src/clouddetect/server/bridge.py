@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -73,20 +74,23 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
             if refusal is not None:
                 await self._refuse(scope, receive, send, length, refusal, deadline)
                 return
-            with self.admission.admitted():
-                await self._serve(scope, receive, send, sync_spawn, length, deadline)
-            return
-        await self._serve(scope, receive, send, sync_spawn, length, None)
+        await self._serve(scope, receive, send, sync_spawn, length, deadline if detection else None)
 
     async def _serve(self, scope: dict[str, Any], receive: Receive, send: ASGISend,
                      sync_spawn: Callable[..., Awaitable[Any]], length: int | None, deadline: float | None) -> None:
-        """Read the body, answer on a request thread, send; ``deadline``: a detection request's."""
+        """Read the body, answer on a request thread, send; ``deadline``: a detection request's.
+
+        A detection request counts among those let in (``Admission.admitted``) once its body has arrived: one
+        still arriving holds no place (a trickling client cannot take them), and requests that arrived together
+        are admitted one by one here, the later ones refused (their body read, their connection kept)."""
         body, complete, refusal = b"", False, None
         if length is not None and length <= self.settings.max_body_bytes:
             try:
                 body, complete, refusal = await self._receive_body(scope, receive, length)
             except ConnectionError:
                 return  # the client left before its body arrived: nobody to answer
+        if deadline is not None and refusal is None:
+            refusal = self.admission.refusal_by_time(deadline - time.monotonic())
         environ = build_environ(scope, body)
         environ["wsgi.input"] = ReadOnce(body)
         del body
@@ -100,9 +104,11 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         # hypercorn queues what arrives for the app and waits when the queue is full, even to say the answer is
         # sent: what is left of an unread body is taken off the queue and dropped until the connection closes.
         rest = None if complete else asyncio.ensure_future(_discard(receive))
+        admitted = self.admission.admitted() if deadline is not None and refusal is None else contextlib.nullcontext()
         try:
-            status, headers, content = await sync_spawn(self._answer, environ)
-            await self._send(scope, send, complete, status, headers, content)
+            with admitted:
+                status, headers, content = await sync_spawn(self._answer, environ)
+                await self._send(scope, send, complete, status, headers, content)
         finally:
             for task in (rest, watcher):
                 if task is not None:
