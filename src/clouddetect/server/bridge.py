@@ -82,15 +82,18 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
 
         A detection request counts among those let in (``Admission.admitted``) once its body has arrived: one
         still arriving holds no place (a trickling client cannot take them), and requests that arrived together
-        are admitted one by one here, the later ones refused (their body read, their connection kept)."""
+        are admitted one by one here, the later ones refused as on arrival, but with their connection kept."""
         body, complete, refusal = b"", False, None
         if length is not None and length <= self.settings.max_body_bytes:
             try:
                 body, complete, refusal = await self._receive_body(scope, receive, length)
             except ConnectionError:
                 return  # the client left before its body arrived: nobody to answer
-        if deadline is not None and refusal is None:
-            refusal = self.admission.refusal_by_time(deadline - time.monotonic())
+        if deadline is not None and refusal is None and complete:
+            late = self.admission.refusal_by_time(deadline - time.monotonic())
+            if late is not None:
+                await self._refuse_read(scope, send, late, deadline)
+                return
         environ = build_environ(scope, body)
         environ["wsgi.input"] = ReadOnce(body)
         del body
@@ -141,13 +144,24 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
             await self.pacer.turn(deadline)
         finally:
             queued.cancel()
+        self.metrics.refused.labels(refusal.code).inc()
+        await self._send_refusal(scope, send, refusal, keep_alive=False)
+
+    async def _refuse_read(self, scope: dict[str, Any], send: ASGISend, refusal: ClientError,
+                           deadline: float) -> None:
+        """Answer a detection request refused once its body has arrived (it came in a burst with others, which
+        went ahead of it), paced as refusals on arrival are; its connection stays open for the next request."""
+        await self.pacer.turn(deadline)
+        await self._send_refusal(scope, send, refusal, keep_alive=True)
+
+    async def _send_refusal(self, scope: dict[str, Any], send: ASGISend, refusal: ClientError,
+                            keep_alive: bool) -> None:
         content = json.dumps({"error": {"code": refusal.code, "message": refusal.message}}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
                    (b"retry-after", str(self.settings.retry_after_s).encode())]
-        self.metrics.refused.labels(refusal.code).inc()
         self.metrics.requests.labels(str(refusal.status)).inc()
         self.refusals.note(refusal.code)
-        await self._send(scope, send, False, refusal.status, headers, content)
+        await self._send(scope, send, keep_alive, refusal.status, headers, content)
 
     def _body_allowed_s(self, length: int) -> float:
         """How long a body of ``length`` bytes may take to arrive."""
