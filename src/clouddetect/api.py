@@ -71,6 +71,7 @@ class DetectionPipeline:
                 raise refusal
         gone = request.environ.get(GONE_ENVIRON_KEY)
         with self.admission.slot(body_bytes):
+            self._still_wanted(deadline, allowed_s, gone)  # not even decoded for nobody
             prepared = self._read_image()
             detections, held_s = self.detector.infer(prepared, lambda: self._still_wanted(deadline, allowed_s, gone))
         g.inference_ms = held_s * 1000

@@ -24,7 +24,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_S, registry=self.registry,
         )
         self.inference = Histogram(
-            "clouddetect_inference_duration_seconds", "Time of one forward pass of the network.",
+            "clouddetect_inference_duration_seconds",
+            "Time the network is held for one image: its input blob and forward pass.",
             buckets=_INFERENCE_BUCKETS_S, registry=self.registry,
         )
         self.in_flight = Gauge(

@@ -92,6 +92,7 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         if deadline is not None and refusal is None and complete:
             late = self.admission.refusal_by_time(deadline - time.monotonic())
             if late is not None:
+                del body  # not held while the refusal waits its turn
                 await self._refuse_read(scope, send, late, deadline)
                 return
         environ = build_environ(scope, body)
@@ -109,9 +110,9 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         rest = None if complete else asyncio.ensure_future(_discard(receive))
         admitted = self.admission.admitted() if deadline is not None and refusal is None else contextlib.nullcontext()
         try:
-            with admitted:
+            with admitted:  # until the answer is made; sending it is no work ahead of others
                 status, headers, content = await sync_spawn(self._answer, environ)
-                await self._send(scope, send, complete, status, headers, content)
+            await self._send(scope, send, complete, status, headers, content)
         finally:
             for task in (rest, watcher):
                 if task is not None:
@@ -137,7 +138,8 @@ class BufferedWSGI(WSGIWrapper):  # type: ignore[misc]  # hypercorn's wrappers a
         closes, and the connection closes after it, so no reset can destroy the answer before the client reads it.
         """
         connection = current_connection.get(None)
-        if connection is not None:
+        # HTTP/2 multiplexes streams on one connection: only an HTTP/1 connection's input is dropped whole.
+        if connection is not None and scope["http_version"] in ("1.0", "1.1"):
             connection.drop_input(self._body_allowed_s(length) + self.settings.max_queue_wait_s)
         queued = asyncio.ensure_future(_discard(receive))  # the part of the body parsed before: let go of it now
         try:
