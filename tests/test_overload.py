@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from clouddetect.lab.capacity.targets import poll
 from clouddetect.verdicts import ENDPOINT, failure_kind
 from support import live_server, request_body
 
@@ -25,6 +26,7 @@ V1_ROOT = Path("/sys/fs/cgroup")
 MIB = 1024 * 1024
 QUEUED = 32  # requests sent at once to keep the server busy: ~2 s of inference on a whole core
 POLL_S = 0.05
+WAIT_S = 60.0
 
 
 def metric(url: str, name: str) -> float:
@@ -35,20 +37,14 @@ def metric(url: str, name: str) -> float:
     return 0.0
 
 
-def until(condition: object, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(POLL_S)
-
-
 def keep_busy(url: str, images: list[Path]) -> list[threading.Thread]:
     """``QUEUED`` requests sent at once; returns once half of them wait for or run inference."""
     senders = [threading.Thread(target=requests.post, args=(url + ENDPOINT,),
                                 kwargs={"json": request_body(image), "timeout": 120}) for image in images[:QUEUED]]
     for sender in senders:
         sender.start()
-    until(lambda: metric(url, "clouddetect_requests_in_flight") >= QUEUED // 2)
+    poll(lambda: metric(url, "clouddetect_requests_in_flight") >= QUEUED // 2 or None, WAIT_S, POLL_S,
+         "half the requests to be in flight")
     return senders
 
 
@@ -113,7 +109,8 @@ def test_a_request_whose_client_left_is_dropped_before_inference(tmp_path: Path,
         body = json.dumps(request_body(images[-1])).encode()
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(head(server.port, len(body), "30") + body)
-        until(lambda: metric(server.url, "clouddetect_requests_in_flight") == 0)
+        poll(lambda: metric(server.url, "clouddetect_requests_in_flight") == 0 or None, WAIT_S, POLL_S,
+             "the requests in flight to end")
         for sender in busy:
             sender.join()
         assert metric(server.url, 'clouddetect_dropped_total{reason="client_closed_request"}') == 1
@@ -135,7 +132,8 @@ def pod_cgroups() -> Iterator[list[Path]]:
         yield groups
     finally:
         for group in groups:
-            until(lambda g=group: not (g / "cgroup.procs").read_text().strip())
+            poll(lambda g=group: not (g / "cgroup.procs").read_text().strip() or None, WAIT_S, POLL_S,
+                 f"{group} to be empty")
             group.rmdir()
 
 
