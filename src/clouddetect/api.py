@@ -17,6 +17,7 @@ import swagger_ui_bundle
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, NotFound
 
+from clouddetect import machine
 from clouddetect.admission import DEADLINE_ENVIRON_KEY, GONE_ENVIRON_KEY, Admission
 from clouddetect.codec import decode_image
 from clouddetect.config import Settings
@@ -203,7 +204,7 @@ def readyz() -> tuple[Response, int]:
     pipeline = _pipeline()
     ready = pipeline.detector.ready
     body = jsonify(status="ready" if ready else "warming up", instance=pipeline.settings.instance_name,
-                   **dataclasses.asdict(pipeline.detector.engine))
+                   **dataclasses.asdict(pipeline.detector.engine), cpu=machine.cpu())
     return body, 200 if ready else 503
 
 

@@ -132,3 +132,58 @@ def cpu_limit_cores(proc_self: Path = PROC_SELF) -> float | None:
         if quota.isdigit() and period.isdigit() and int(period):  # "max PERIOD": none
             quotas.append(int(quota) / int(period))
     return min(quotas, default=None)
+
+
+V1_CPU_STAT = V2_CPU_STAT = "cpu.stat"  # v1: nr_periods, nr_throttled, throttled_time (ns); v2: *_usec and usage
+V1_CPU_USAGE = "cpuacct.usage"  # ns, every process of the cgroup
+V1_MEMORY_PEAK, V2_MEMORY_PEAK = "memory.max_usage_in_bytes", "memory.peak"  # since the cgroup was made
+
+
+@dataclass(frozen=True)
+class CgroupUsage:
+    """What the cgroup that binds this process has used: the counters a pod's CPU quota and memory limit act on.
+
+    Read from the innermost cgroup on the process's path that carries the limit (a container's own, in a pod), so
+    the figures cover every process under it; None where the kernel does not keep one.
+    """
+
+    cpu_usage_s: float | None
+    cpu_periods: int | None  # CFS periods in which the cgroup ran
+    cpu_throttled_periods: int | None  # of those, the ones it used up its quota in and was stopped
+    cpu_throttled_s: float | None
+    memory_peak_bytes: int | None
+
+
+def _stat(directory: Path) -> dict[str, int]:
+    pairs = (line.split() for line in (_read(directory / V1_CPU_STAT) or "").splitlines())
+    return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
+
+
+def _binding(controller: str, limit_files: tuple[str, ...], proc_self: Path) -> Path | None:
+    """The innermost cgroup directory on the path with a limit set, else the process's own (None: no cgroup)."""
+    dirs = _controller_dirs(controller, proc_self)
+    for directory in dirs:
+        for name in limit_files:
+            raw = (_read(directory / name) or "").split(" ")[0]
+            if raw.isdigit() and int(raw) < 2**62:  # v1 "unlimited" is near 2**63, v2 "max"
+                return directory
+    return dirs[0] if dirs else None
+
+
+def usage(proc_self: Path = PROC_SELF) -> CgroupUsage:
+    cpu = _binding("cpu", (V1_CPU_QUOTA, V2_CPU_MAX), proc_self)
+    stat = _stat(cpu) if cpu else {}
+    usage_s = stat["usage_usec"] / 1e6 if "usage_usec" in stat else _v1_cpu_usage_s(proc_self)
+    throttled_s = (stat["throttled_usec"] / 1e6 if "throttled_usec" in stat
+                   else stat["throttled_time"] / 1e9 if "throttled_time" in stat else None)
+    memory = _binding("memory", (V1_MEMORY_LIMIT, V2_MEMORY_LIMIT), proc_self)
+    peak = next((int(raw) for name in (V1_MEMORY_PEAK, V2_MEMORY_PEAK)
+                 if memory and (raw := _read(memory / name) or "").isdigit()), None)
+    return CgroupUsage(usage_s, stat.get("nr_periods"), stat.get("nr_throttled"), throttled_s, peak)
+
+
+def _v1_cpu_usage_s(proc_self: Path) -> float | None:
+    """v1 keeps CPU time in the cpuacct controller, which may be mounted apart from cpu."""
+    dirs = _controller_dirs("cpuacct", proc_self)
+    raw = _read(dirs[0] / V1_CPU_USAGE) if dirs else None
+    return int(raw) / 1e9 if raw and raw.isdigit() else None

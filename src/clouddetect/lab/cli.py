@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from clouddetect.images import default_folder, image_files
+from clouddetect.lab.capacity.evidence import EvidenceSettings
 from clouddetect.lab.capacity.experiment import (
     ASSIGNMENT_PODS,
     CLIENT_LOCATIONS,
@@ -81,6 +82,7 @@ def lab() -> None:
 @click.option("--pod-memory", help="A note for experiment.json: each pod's memory (read from the Deployment too).")
 @click.option("--engine", help="A note for experiment.json: the inference engine, when the service does not say.")
 @click_options(KubernetesSettings, ["kubeconfig", "context"])
+@click_options(EvidenceSettings, ["client_cpu_bound_share", "link_bound_share", "pod_cpu_starved_share"])
 def run(**options: Any) -> None:
     """Find, for each pod count, the most users served with no failed request, R times; results go to --out."""
     pods = options["pods"] or ([1] if options["url"] else list(ASSIGNMENT_PODS))
@@ -102,7 +104,7 @@ def run(**options: Any) -> None:
         platform = _target(options, pods[0])
         experiment = Experiment.open(out_dir, conditions, _environment(platform, options))
         click.echo(f"experiment {out_dir}: {len(experiment.runs)} runs already recorded")
-        Runner(platform, experiment, plan, search, load, click.echo).run()
+        Runner(platform, experiment, plan, search, load, click.echo, _from_options(EvidenceSettings, options)).run()
     except (ExperimentError, TargetError, LoadError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:

@@ -14,8 +14,11 @@ from clouddetect.images import default_folder
 from clouddetect.settings_fields import flag, setting
 from clouddetect.verdicts import DEFAULT_REQUEST_TIMEOUT_S
 
-# Lines the load shape prints for the lab to echo.
+# Lines the load shape prints for the lab to echo; the two phase lines also tell it when to read the service's
+# counters (the hold is what its evidence covers).
 PROGRESS_PREFIX = "progress:"
+HOLD_STARTED = "holding"
+STOPPING = "stopping"
 IMAGE_ORDERS = ("sequence", "random")
 # Beyond the time its requests may take, what a step's end may take to collect the last counts.
 STOP_MARGIN_S = 10.0

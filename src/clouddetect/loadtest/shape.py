@@ -34,9 +34,11 @@ from locust.stats import RequestStats
 
 from clouddetect.loadtest import tally
 from clouddetect.loadtest.settings import (
+    HOLD_STARTED,
     PROGRESS_PREFIX,
     SHAPE_SETTINGS,
     STEP_SETTINGS,
+    STOPPING,
     LoadSettings,
     StepPlan,
     locust_flag,
@@ -98,6 +100,7 @@ class CapacityShape(LoadTestShape):
             self._search(Sample(now_s, users, total.num_requests, total.total_response_time), options)
         if self.reached_s is None and users >= options.lab_users:
             self.reached_s = now_s
+            print(f"{PROGRESS_PREFIX} {now_s:.0f} s, {HOLD_STARTED} {users} users", flush=True)
             self.runner.stats.reset_all()
         if self.reached_s is not None and self._held(now_s - self.reached_s, options):
             return self._stop(now_s)
@@ -160,7 +163,7 @@ class CapacityShape(LoadTestShape):
         them would leave the workers waiting for a master that quits), then hears their last counts.
         """
         self.stopped_s = now_s
-        print(f"{PROGRESS_PREFIX} {now_s:.0f} s, stopping; waiting for the requests in flight", flush=True)
+        print(f"{PROGRESS_PREFIX} {now_s:.0f} s, {STOPPING}; waiting for the requests in flight", flush=True)
         if isinstance(self.runner, MasterRunner):
             self.runner.start(0, spawn_rate=max(1.0, float(self.runner.user_count)))
         else:

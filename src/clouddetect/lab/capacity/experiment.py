@@ -13,11 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from clouddetect.lab.capacity import evidence
+from clouddetect.lab.capacity.evidence import EvidenceSettings, Snapshot
 from clouddetect.lab.capacity.locust_runs import StepOutcome, run_step
 from clouddetect.lab.capacity.results import Experiment, RunRecord, StepRecord, run_key
 from clouddetect.lab.capacity.search import Capacity, Measure, SearchSettings, Step, find_capacity
 from clouddetect.lab.capacity.targets import PodMetrics, Target, poll
-from clouddetect.loadtest.settings import LoadSettings, StepPlan
+from clouddetect.loadtest.settings import HOLD_STARTED, STOPPING, LoadSettings, StepPlan
 from clouddetect.settings_fields import setting
 from clouddetect.verdicts import describe_kinds
 
@@ -101,14 +103,19 @@ def _now() -> str:
 
 class Runner:
     def __init__(self, platform: Target, experiment: Experiment, plan: Plan, search: SearchSettings,
-                 load: LoadSettings, echo: Echo):
+                 load: LoadSettings, echo: Echo, bounds: EvidenceSettings | None = None):
         self.platform = platform
         self.experiment = experiment
         self.plan = plan
         self.search = search
         self.load = load
         self.echo = echo
+        self.bounds = bounds or EvidenceSettings()
         self.started = time.monotonic()
+        # A simulated link's rate is known, and its interface is this host's route to the service.
+        link = experiment.conditions.get("client_link") or {}
+        self.link_rate_mbit = link.get("bandwidth_mbit")
+        self.link_interface = (experiment.environment.get("client_network") or {}).get("interface") if link else None
 
     def say(self, text: str) -> None:
         self.echo(f"[{time.monotonic() - self.started:6.0f} s] {text}")
@@ -123,14 +130,16 @@ class Runner:
             self.say(f"{pods} pods: scaling")
             self.platform.scale(pods)
             names = self.platform.wait_ready(pods)
-            self.say(f"{pods} pods ready: {', '.join(names)}")
+            placement = self.platform.placement()
+            self.experiment.note_placement(placement)
+            self.say(f"{pods} pods ready: " + ", ".join(f"{n} on {placement.get(n, {}).get('node')}" for n in names))
             for repeat in pending:
                 record = self.run_once(pods, repeat)
                 self.experiment.add(record)
                 self.say(f"{pods} pods, repeat {repeat}/{self.plan.repeats}: max {record.max_users} users "
                          f"(timeout {record.timeout_s:g} s), avg {_ms(record.avg_ms)}, p95 {_ms(record.p95_ms)}, "
                          f"saturation {_rps(record.saturation_rps)}, users within the objective "
-                         f"{record.slo_users if record.slo_users is not None else '-'}; "
+                         f"{record.slo_users if record.slo_users is not None else '-'}; {_bound(record.evidence)}; "
                          f"took {record.duration_s:.0f} s; recorded")
 
     def run_once(self, pods: int, repeat: int) -> RunRecord:
@@ -148,13 +157,23 @@ class Runner:
             before = self.platform.pod_metrics()
             step_label = f"{label}, {step.name} to {step.users} users"
             self.say(f"{step_label}: starting")
+            snapshots: dict[str, Snapshot] = {}
+
+            def on_phase(phase: str, locust: Any) -> None:
+                snapshots[phase] = evidence.take(self.platform.pod_metrics(), locust, self.link_interface)
+
             outcome = run_step(endpoint, step, self.load, raw_dir / step.name,
-                               lambda line: self.say(f"{step_label}: {line}"))
+                               lambda line: self.say(f"{step_label}: {line}"), on_phase)
             verdict = "held" if outcome.passed else f"failed ({describe_kinds(outcome.failure_kinds, none='none')})"
             unjudged = outcome.requests_sent - outcome.requests_judged
             self.say(f"{step_label}: {verdict}; p95 {_ms(outcome.p95_ms)}; {outcome.requests_judged} of "
                      f"{outcome.requests_sent} requests judged" + (f" ({unjudged} never answered)" if unjudged else ""))
-            return Step(outcome, served(before, self.platform.pod_metrics()))
+            found = None
+            if outcome.passed and HOLD_STARTED in snapshots and STOPPING in snapshots:
+                found = evidence.evidence(snapshots[HOLD_STARTED], snapshots[STOPPING], self.link_rate_mbit,
+                                          self.bounds)
+                self.say(f"{step_label}: {_bound(found)}")
+            return Step(outcome, served(before, self.platform.pod_metrics()), found)
 
         return measure
 
@@ -195,6 +214,10 @@ class Runner:
             requests_judged=sum(s.outcome.requests_judged for s in capacity.steps),
             duration_s=round(duration_s, 1),
             steps=[_step_record(s.outcome) for s in capacity.steps],
+            evidence=accepted.evidence if accepted else None,
+            pod_nodes={name: where["node"] for name, where in self.platform.placement().items()},
+            client_bound=accepted.evidence["client_bound"] if accepted and accepted.evidence else None,
+            machine_bound=accepted.evidence["machine_bound"] if accepted and accepted.evidence else None,
         )
 
 
@@ -203,6 +226,13 @@ def _step_record(outcome: StepOutcome) -> StepRecord:
                       first_failure_users=outcome.first_failure_users, held_s=outcome.held_s,
                       stable=outcome.stable, p95_ms=outcome.p95_ms, requests_sent=outcome.requests_sent,
                       requests_judged=outcome.requests_judged)
+
+
+def _bound(found: dict[str, Any] | None) -> str:
+    """The evidence in one line, as the progress and the report say it."""
+    if not found:
+        return "no evidence (nothing held)"
+    return evidence.describe(found)
 
 
 def _rps(value: float | None) -> str:

@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 import clouddetect.loadtest
 from clouddetect.loadtest.settings import (
+    HOLD_STARTED,
     LOCUSTFILE_FLAGS,
     PROGRESS_PREFIX,
     SHAPE_SETTINGS,
     STEP_SETTINGS,
+    STOPPING,
     LoadSettings,
     StepPlan,
     locust_flag,
@@ -33,6 +37,9 @@ LOCUSTFILE = Path(clouddetect.loadtest.__file__).with_name("locustfile.py")
 SHAPE_FILE = LOCUSTFILE.with_name("shape.py")
 ECHOED_LOG_LEVELS = ("/WARNING/", "/ERROR/", "/CRITICAL/")
 LOCUST_EXIT_TIMEOUT_S = 60.0
+PHASES = (HOLD_STARTED, STOPPING)
+# Told each phase line as it comes, with Locust's process (its workers are its children).
+OnPhase = Callable[[str, psutil.Process], None]
 
 
 class LoadError(RuntimeError):
@@ -93,8 +100,10 @@ def outcome_path(prefix: Path) -> Path:
     return prefix.with_name(prefix.name + "_outcome.json")
 
 
-def run_step(url: str, step: StepPlan, load: LoadSettings, prefix: Path, echo: Callable[[str], None]) -> StepOutcome:
-    """Ramp to the step's users and hold them, stopping at the first failure; raw files start with ``prefix``."""
+def run_step(url: str, step: StepPlan, load: LoadSettings, prefix: Path, echo: Callable[[str], None],
+             on_phase: OnPhase | None = None) -> StepOutcome:
+    """Ramp to the step's users and hold them, stopping at the first failure; raw files start with ``prefix``.
+    ``on_phase`` hears when the hold starts and when the step stops, while Locust still runs."""
     outcome_file = outcome_path(prefix)
     outcome_file.unlink(missing_ok=True)
     log_path = prefix.with_name(prefix.name + ".log")
@@ -103,7 +112,7 @@ def run_step(url: str, step: StepPlan, load: LoadSettings, prefix: Path, echo: C
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as process:
         try:
-            _relay(process, log, echo)
+            _relay(process, log, echo, on_phase)
         finally:
             # Ctrl-C reaches Locust too; let it write its files before the lab goes on or gives up.
             code = process.wait(timeout=LOCUST_EXIT_TIMEOUT_S)
@@ -112,11 +121,20 @@ def run_step(url: str, step: StepPlan, load: LoadSettings, prefix: Path, echo: C
     return StepOutcome(users=step.users, name=step.name, **json.loads(outcome_file.read_text()))
 
 
-def _relay(process: subprocess.Popen[str], log: Any, echo: Callable[[str], None]) -> None:
+def phase_of(progress: str) -> str | None:
+    """The phase a progress line announces ("12 s, holding 40 users"), if any."""
+    words = progress.replace(";", " ").replace(",", " ").split()
+    return next((phase for phase in PHASES if phase in words[2:3]), None)
+
+
+def _relay(process: subprocess.Popen[str], log: Any, echo: Callable[[str], None], on_phase: OnPhase | None) -> None:
     assert process.stdout is not None
     for line in process.stdout:
         log.write(line)
         if line.startswith(PROGRESS_PREFIX):
-            echo(line[len(PROGRESS_PREFIX):].strip())
+            progress = line[len(PROGRESS_PREFIX):].strip()
+            echo(progress)
+            if on_phase and (phase := phase_of(progress)):
+                on_phase(phase, psutil.Process(process.pid))
         elif any(level in line for level in ECHOED_LOG_LEVELS):
             echo(line.strip())

@@ -12,7 +12,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,12 @@ class RunRecord:
     requests_judged: int
     duration_s: float
     steps: list[StepRecord]
+    # Over the accepted load's hold (``evidence.evidence``): each pod's CPU, throttling and memory against its
+    # limits, the load generator's CPU and link; None for a run recorded before these were measured.
+    evidence: dict[str, Any] | None = None
+    pod_nodes: dict[str, str | None] = field(default_factory=dict)
+    client_bound: bool | None = None
+    machine_bound: bool | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -163,6 +169,19 @@ class Experiment:
         path = self.raw_path(key)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def note_placement(self, placement: dict[str, dict[str, Any]]) -> None:
+        """Records where pods ran: each node's CPU model and instruction sets, and the engines its pods ran."""
+        nodes = self.environment.setdefault("nodes", {})
+        for where in placement.values():
+            node = nodes.setdefault(where["node"] or "unknown", {"cpu_model": None, "isa": None, "engines": []})
+            node["cpu_model"] = node["cpu_model"] or where["cpu_model"]
+            node["isa"] = node["isa"] or where["isa"]
+            if where["engine"] and where["engine"] not in node["engines"]:
+                node["engines"].append(where["engine"])
+        recorded = json.loads((self.directory / CONDITIONS_FILE).read_text())
+        _write_atomically(self.directory / CONDITIONS_FILE,
+                          json.dumps({**recorded, ENVIRONMENT_KEY: self.environment}, indent=2) + "\n")
 
     def add(self, record: RunRecord) -> None:
         self.runs = sorted([r for r in self.runs if r.key != record.key] + [record], key=lambda r: r.key)

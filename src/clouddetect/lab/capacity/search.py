@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from clouddetect.lab.capacity.locust_runs import StepOutcome
 from clouddetect.loadtest.settings import StepPlan
@@ -45,10 +46,12 @@ class SearchSettings:
 
 @dataclass(frozen=True)
 class Step:
-    """A load step as measured: Locust's outcome and the requests each pod answered meanwhile."""
+    """A load step as measured: Locust's outcome, the requests each pod answered meanwhile and, for a step that
+    held its load, what bound it over the hold (see ``evidence``)."""
 
     outcome: StepOutcome
     pod_requests: dict[str, int]
+    evidence: dict[str, Any] | None = None
 
 
 Measure = Callable[[StepPlan], Step]

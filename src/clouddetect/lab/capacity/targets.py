@@ -1,7 +1,8 @@
 """Where the service under test runs: a Kubernetes Deployment the lab scales, or one fixed URL.
 
 Both answer the same small protocol, so the experiment runner does not care which it drives. Per-pod figures come
-from each pod's Prometheus ``/metrics``: requests answered (by status) and requests in flight.
+from each pod's Prometheus ``/metrics``: requests answered (by status) and requests in flight, and the counters of
+the pod's own cgroup (CPU used and throttled, peak memory, its limits) that show what bound it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ from clouddetect.settings_fields import setting
 # A counter's samples carry the _total suffix in the text format.
 REQUESTS_SAMPLE = metrics.REQUESTS + "_total"
 IN_FLIGHT_SAMPLE = metrics.IN_FLIGHT
+# PodMetrics' resource fields and the sample each is read from, in order of preference (a service without the cgroup
+# counters still tells its own process's CPU time).
+RESOURCE_SAMPLES = {
+    "cpu_seconds": (metrics.CGROUP_CPU_USAGE + "_total", metrics.PROCESS_CPU + "_total"),
+    "cpu_periods": (metrics.CGROUP_CPU_PERIODS + "_total",),
+    "cpu_throttled_periods": (metrics.CGROUP_CPU_THROTTLED_PERIODS + "_total",),
+    "memory_peak_bytes": (metrics.CGROUP_MEMORY_PEAK,),
+    "cpu_limit_cores": (metrics.CPU_LIMIT,),
+    "memory_limit_bytes": (metrics.MEMORY_LIMIT,),
+}
 
 T = TypeVar("T")
 
@@ -35,6 +46,12 @@ class TargetError(RuntimeError):
 class PodMetrics:
     requests_by_status: dict[str, int]
     in_flight: int
+    cpu_seconds: float | None = None
+    cpu_periods: float | None = None
+    cpu_throttled_periods: float | None = None
+    memory_peak_bytes: float | None = None
+    cpu_limit_cores: float | None = None
+    memory_limit_bytes: float | None = None
 
     @property
     def requests(self) -> int:
@@ -60,34 +77,56 @@ class Target(Protocol):
     def describe(self) -> dict[str, Any]:
         """What serves: each pod's CPU and memory where known, and the inference engine the service reports."""
 
+    def placement(self) -> dict[str, dict[str, Any]]:
+        """Each serving pod's node, and the CPU and engine its ``/readyz`` reports (see ``placed``)."""
+
 
 def parse_metrics(text: str) -> PodMetrics:
     by_status: dict[str, int] = {}
     in_flight = 0
+    values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == REQUESTS_SAMPLE:
                 by_status[sample.labels["status"]] = int(sample.value)
             elif sample.name == IN_FLIGHT_SAMPLE:
                 in_flight = int(sample.value)
-    return PodMetrics(by_status, in_flight)
+            else:
+                values[sample.name] = sample.value
+    resources = {field: next((values[n] for n in names if n in values), None)
+                 for field, names in RESOURCE_SAMPLES.items()}
+    return PodMetrics(by_status, in_flight, **resources)
+
+
+def engine_name(readyz: Any) -> str | None:
+    """The engine a /readyz answer names, with its precision and Winograd ("openvino/f32"); None if it names none."""
+    if not isinstance(readyz, dict) or not isinstance(readyz.get("engine"), str):
+        return None
+    engine = readyz["engine"] + (f"/{readyz['precision']}" if isinstance(readyz.get("precision"), str) else "")
+    if readyz["engine"] == "opencv" and isinstance(readyz.get("winograd"), bool):
+        engine += f" Winograd {'on' if readyz['winograd'] else 'off'}"
+    return engine
 
 
 def reported_engine(readyz: Any) -> str | None:
     """What a service says in its /readyz answer runs its forward pass, in one line: the engine, its precision and
     Winograd where it says them, and the timings it chose by (``engine=auto``); None from a service that does not
     say."""
-    if not isinstance(readyz, dict) or not isinstance(readyz.get("engine"), str):
+    engine = engine_name(readyz)
+    if engine is None:
         return None
-    engine = readyz["engine"] + (f"/{readyz['precision']}" if isinstance(readyz.get("precision"), str) else "")
-    if readyz["engine"] == "opencv" and isinstance(readyz.get("winograd"), bool):
-        engine += f" Winograd {'on' if readyz['winograd'] else 'off'}"
     trials = [t for t in readyz.get("trials") or [] if isinstance(t, dict)]
     if not trials:
         return engine
     timings = "; ".join(f"{t.get('engine')} {t.get('cpu_ms_per_forward')} CPU ms per forward: {t.get('verdict')}"
                         for t in trials)
     return f"{engine}, chosen by timing ({timings})"
+
+
+def placed(node: str | None, readyz: Any) -> dict[str, Any]:
+    """Where one pod runs: its node, that node's CPU model and instruction sets, and the engine it kept."""
+    cpu = readyz.get("cpu") if isinstance(readyz, dict) and isinstance(readyz.get("cpu"), dict) else {}
+    return {"node": node, "cpu_model": cpu.get("model"), "isa": cpu.get("isa"), "engine": engine_name(readyz)}
 
 
 def poll(check: Callable[[], T | None], timeout_s: float, interval_s: float, waiting_for: str) -> T:
@@ -141,11 +180,18 @@ class FixedUrl:
         return {self.pods()[0]: parse_metrics(self._get("/metrics").text)}
 
     def describe(self) -> dict[str, Any]:
+        return {"pod_cpu": None, "pod_memory": None, "engine": reported_engine(self._readyz())}
+
+    def placement(self) -> dict[str, dict[str, Any]]:
+        readyz = self._readyz()
+        instance = readyz.get("instance") if isinstance(readyz, dict) else None
+        return {instance: placed(None, readyz)} if isinstance(instance, str) else {}
+
+    def _readyz(self) -> Any:
         try:
-            readyz = requests.get(self.url + "/readyz", timeout=self.http_timeout_s).json()
+            return requests.get(self.url + "/readyz", timeout=self.http_timeout_s).json()
         except (requests.RequestException, ValueError):
-            readyz = None
-        return {"pod_cpu": None, "pod_memory": None, "engine": reported_engine(readyz)}
+            return None
 
     def _get(self, path: str) -> requests.Response:
         try:
@@ -257,14 +303,19 @@ class Kubernetes:
         return {"pod_cpu": limits.get("cpu"), "pod_memory": limits.get("memory"), "engine": self._engine()}
 
     def _engine(self) -> str | None:
+        return next((reported_engine(self._readyz(name)) for name in self.pods()[:1]), None)
+
+    def placement(self) -> dict[str, dict[str, Any]]:
+        return {p.metadata.name: placed(p.spec.node_name, self._readyz(p.metadata.name))
+                for p in self._listed_pods() if is_serving(p)}
+
+    def _readyz(self, pod: str) -> Any:
         from kubernetes.client.exceptions import ApiException
 
-        for name in self.pods()[:1]:
-            try:
-                response = self.core.connect_get_namespaced_pod_proxy_with_path(
-                    f"{name}:{self.pod_port}", self.namespace, "readyz", _preload_content=False
-                )
-                return reported_engine(json.loads(response.data))
-            except (ApiException, ValueError):
-                return None
-        return None
+        try:
+            response = self.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{pod}:{self.pod_port}", self.namespace, "readyz", _preload_content=False
+            )
+            return json.loads(response.data)
+        except (ApiException, ValueError):
+            return None
