@@ -12,13 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from clouddetect.cgroup_limits import cpu_limit_cores, memory_limit_bytes, physical_memory_bytes
+from clouddetect.cgroup_limits import CgroupUsage, cpu_limit_cores, memory_limit_bytes, physical_memory_bytes, usage
 
 MIB = 1024 * 1024
 POD_LIMIT_BYTES = 512 * MIB
 V1_ROOT = Path("/sys/fs/cgroup")
 PROBE = ("import json; from clouddetect.cgroup_limits import cpu_limit_cores, memory_limit_bytes; "
          "print(json.dumps([memory_limit_bytes(), cpu_limit_cores()]))")
+# Busy for a while under the quota, then report what the cgroup counted.
+BUSY_PROBE = ("import dataclasses, json, time; from clouddetect.cgroup_limits import usage\n"
+              "end = time.monotonic() + {seconds}\n"
+              "while time.monotonic() < end: pass\n"
+              "print(json.dumps(dataclasses.asdict(usage())))")
+BUSY_S = 0.6
 
 
 # ---- real cgroups: a limited parent and an unlimited child, the process in the child
@@ -41,15 +47,19 @@ def nested_v1() -> Iterator[tuple[Path, Path]]:
             parent.rmdir()
 
 
-def limits_seen_in(*cgroups: Path) -> tuple[int, float | None]:
-    """What a fresh Python process started in these cgroups reports."""
+def seen_in(probe: str, *cgroups: Path) -> object:
+    """What a fresh Python process started in these cgroups prints (JSON)."""
 
     def join() -> None:
         for group in cgroups:
             (group / "cgroup.procs").write_text(str(os.getpid()))
 
-    out = subprocess.run([sys.executable, "-c", PROBE], preexec_fn=join, check=True, capture_output=True, text=True)
-    memory, cpu = json.loads(out.stdout)
+    out = subprocess.run([sys.executable, "-c", probe], preexec_fn=join, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def limits_seen_in(*cgroups: Path) -> tuple[int, float | None]:
+    memory, cpu = seen_in(PROBE, *cgroups)
     return memory, cpu
 
 
@@ -70,6 +80,30 @@ def test_the_smallest_limit_on_the_path_wins(nested_v1) -> None:
     (cpu / "child" / "cpu.cfs_period_us").write_text("100000")
     (cpu / "child" / "cpu.cfs_quota_us").write_text("25000")
     assert limits_seen_in(memory / "child", cpu / "child") == (256 * MIB, 0.25)
+
+
+def test_the_limited_cgroup_counts_cpu_used_and_throttled_and_peak_memory(nested_v1) -> None:
+    """A process spinning in an unlimited child of a 0.2-CPU parent: the parent, which binds it, is read."""
+    memory, cpu = nested_v1
+    (memory / "memory.limit_in_bytes").write_text(str(POD_LIMIT_BYTES))
+    (cpu / "cpu.cfs_period_us").write_text("100000")
+    (cpu / "cpu.cfs_quota_us").write_text("20000")
+    probe = BUSY_PROBE.format(seconds=BUSY_S)
+    found = CgroupUsage(**seen_in(probe, memory / "child", cpu / "child"))
+    assert found.cpu_periods and found.cpu_periods >= 3
+    assert found.cpu_throttled_periods and found.cpu_throttled_periods >= found.cpu_periods - 2
+    assert found.cpu_throttled_s and found.cpu_throttled_s > 0
+    assert found.memory_peak_bytes and 0 < found.memory_peak_bytes < POD_LIMIT_BYTES
+    # cpuacct is a hierarchy of its own here, where the probe stayed in the root: the machine's time, not given.
+    assert found.cpu_usage_s is None
+    cpuacct = V1_ROOT / "cpuacct" / cpu.name
+    cpuacct.mkdir()
+    try:
+        found = CgroupUsage(**seen_in(probe, memory / "child", cpu / "child", cpuacct))
+    finally:
+        cpuacct.rmdir()
+    # At 0.2 CPU the probe got at most ~0.2 of its wall time: its own CPU, not the machine's.
+    assert found.cpu_usage_s is not None and 0 < found.cpu_usage_s < BUSY_S / 2
 
 
 def test_cgroups_without_limits_mean_the_machines_memory_and_no_quota(nested_v1) -> None:
@@ -139,3 +173,21 @@ def test_unreadable_proc_files_mean_the_machines_figures(tmp_path: Path) -> None
 def test_no_cgroup_mounts_mean_the_machines_memory_and_no_quota(tmp_path: Path) -> None:
     proc = proc_self(tmp_path, "0::/\n", [])
     assert (memory_limit_bytes(proc), cpu_limit_cores(proc)) == (physical_memory_bytes(), None)
+
+
+def test_v2_usage_is_read_from_the_cgroup_that_carries_the_limits(tmp_path: Path) -> None:
+    mount = tmp_path / "cgroup"
+    write(mount / "pod.slice" / "cpu.max", "50000 100000")
+    write(mount / "pod.slice" / "memory.max", str(POD_LIMIT_BYTES))
+    write(mount / "pod.slice" / "cpu.stat", "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n"
+          "nr_periods 40\nnr_throttled 30\nthrottled_usec 1500000")
+    write(mount / "pod.slice" / "memory.peak", str(300 * MIB))
+    write(mount / "pod.slice" / "app.scope" / "cpu.max", "max 100000")
+    write(mount / "pod.slice" / "app.scope" / "cpu.stat", "usage_usec 1\nnr_periods 0\nnr_throttled 0")
+    proc = proc_self(tmp_path, "0::/pod.slice/app.scope\n", [("/", str(mount), "cgroup2", "rw")])
+    assert usage(proc) == CgroupUsage(cpu_usage_s=2.5, cpu_periods=40, cpu_throttled_periods=30,
+                                      cpu_throttled_s=1.5, memory_peak_bytes=300 * MIB)
+
+
+def test_no_cgroup_means_no_usage(tmp_path: Path) -> None:
+    assert usage(tmp_path) == CgroupUsage(None, None, None, None, None)

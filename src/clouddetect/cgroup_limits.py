@@ -183,7 +183,10 @@ def usage(proc_self: Path = PROC_SELF) -> CgroupUsage:
 
 
 def _v1_cpu_usage_s(proc_self: Path) -> float | None:
-    """v1 keeps CPU time in the cpuacct controller, which may be mounted apart from cpu."""
-    dirs = _controller_dirs("cpuacct", proc_self)
-    raw = _read(dirs[0] / V1_CPU_USAGE) if dirs else None
-    return int(raw) / 1e9 if raw and raw.isdigit() else None
+    """v1 keeps CPU time in the cpuacct controller, which may be mounted apart from cpu; a process left in its root
+    cgroup there would read the whole machine's, so none."""
+    for hierarchy in hierarchies(proc_self):
+        if hierarchy.version == 1 and "cpuacct" in hierarchy.controllers and str(hierarchy.path) != "/":
+            raw = _read(hierarchy.lineage()[0] / V1_CPU_USAGE)
+            return int(raw) / 1e9 if raw and raw.isdigit() else None
+    return None

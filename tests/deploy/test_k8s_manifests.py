@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
 OVERLAY_REPLICAS = {1, 2, 4, 8}
+# The one overlay that changes more than replicas: each pod's CPU, for the whole table on the 2-core test cluster.
+CPU_SCALED = K8S / "overlays" / "test-cluster-cpu-scaled"
 CPU = "500m"
 MEMORY = "512Mi"
 NODE_PORT_RANGE = range(30000, 32768)
@@ -125,7 +127,7 @@ def test_pinned_kubectl_is_within_one_minor_of_the_cluster_recipe() -> None:
 def test_base_and_one_overlay_per_replica_count_exist() -> None:
     overlays = {p.name for p in KUSTOMIZATIONS if p.parent.name == "overlays"}
     assert K8S / "base" in KUSTOMIZATIONS
-    assert overlays == {f"replicas-{n}" for n in OVERLAY_REPLICAS}
+    assert overlays == {f"replicas-{n}" for n in OVERLAY_REPLICAS} | {CPU_SCALED.name}
 
 
 @pytest.mark.parametrize("version", ["cluster", "latest"])
@@ -139,8 +141,22 @@ def test_manifests_pass_strict_schema_validation(rendered: Rendered, version: st
 
 
 def test_requests_equal_limits_at_half_a_cpu_and_512mi(rendered: Rendered) -> None:
+    if rendered.folder == CPU_SCALED:
+        pytest.skip("the CPU-scaled overlay is checked against the base below")
     resources = container(rendered.docs)["resources"]
     assert resources["requests"] == resources["limits"] == {"cpu": CPU, "memory": MEMORY}
+
+
+def test_the_cpu_scaled_overlay_changes_only_each_pods_cpu(kubectl: str) -> None:
+    """Requests = limits still (a Guaranteed pod), memory as assigned, less CPU; everything else is the base's."""
+    base = [doc for doc in yaml.safe_load_all(render(kubectl, K8S / "base")) if doc]
+    scaled = [doc for doc in yaml.safe_load_all(render(kubectl, CPU_SCALED)) if doc]
+    resources = container(scaled)["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert resources["limits"]["memory"] == MEMORY
+    assert int(resources["limits"]["cpu"].removesuffix("m")) < int(CPU.removesuffix("m"))
+    container(scaled)["resources"] = container(base)["resources"]
+    assert scaled == base
 
 
 def test_service_is_a_node_port_in_the_legal_range(rendered: Rendered) -> None:

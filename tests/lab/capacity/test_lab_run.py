@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from clouddetect import machine
 from support import LiveServer, live_server
 
 pytestmark = pytest.mark.slow
@@ -83,6 +84,25 @@ def test_every_request_sent_is_judged_in_every_step_and_every_run(overloaded: tu
         assert run["requests_sent"] == run["requests_judged"] == sum(s["requests_sent"] for s in steps.values())
         # A step that stopped at its first failure still judged the requests then in flight: more than the one.
         assert steps["search"]["failures"] >= 1
+
+
+def test_each_run_says_what_bound_it_over_its_hold(overloaded: tuple[Path, str]) -> None:
+    """Read from the server's own /metrics and Locust's process while the accepted load was held."""
+    out, stdout = overloaded
+    experiment = json.loads((out / "experiment.json").read_text())
+    node = experiment["environment"]["nodes"]["unknown"]  # a fixed URL does not say its node
+    assert node["cpu_model"] == machine.cpu()["model"] and node["isa"] == machine.cpu()["isa"] and node["engines"]
+    for run in runs(out):
+        found = run["evidence"]
+        assert 0 < found["held_s"] < run["held_s"] + 5
+        pod = found["pods"][POD_NAME]
+        assert pod["cpu_cores_used"] > 0 and pod["memory_peak_mib"] > 0 and pod["memory_limit_mib"] > 0
+        assert 0 < found["client_cpu_core_share_max"] < 1
+        assert found["link_utilisation_share"] is None  # no simulated link: its rate is unknown
+        assert 0 < found["load_generator_machine_cpu_busy_share"] <= 1
+        assert run["client_bound"] is False
+        assert run["pod_nodes"] == {POD_NAME: None}
+    assert "client CPU" in stdout
 
 
 def test_a_failed_confirmation_steps_down_and_confirms_again(overloaded: tuple[Path, str]) -> None:

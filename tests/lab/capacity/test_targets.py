@@ -9,8 +9,16 @@ import pytest
 from flask.testing import FlaskClient
 from kubernetes.client import V1ObjectMeta, V1Pod, V1PodCondition, V1PodStatus
 
+from clouddetect import machine
 from clouddetect.lab.capacity.experiment import served
-from clouddetect.lab.capacity.targets import FixedUrl, TargetError, parse_metrics, ready_pod_names, reported_engine
+from clouddetect.lab.capacity.targets import (
+    FixedUrl,
+    TargetError,
+    engine_name,
+    parse_metrics,
+    ready_pod_names,
+    reported_engine,
+)
 from clouddetect.verdicts import ENDPOINT
 from support import live_server, request_body
 
@@ -27,6 +35,25 @@ def test_metrics_count_answers_by_status(client: FlaskClient, images: list[Path]
     assert metrics.requests_by_status == {"200": 2, "400": 1}
     assert metrics.requests == 3
     assert metrics.in_flight == 0
+    # The resource counters the lab's evidence comes from are there too, whatever cgroup this runs in.
+    assert metrics.cpu_seconds and metrics.cpu_seconds > 0
+    assert metrics.memory_limit_bytes and metrics.memory_limit_bytes > 0
+
+
+def test_a_service_without_resource_counters_reads_as_unknown_not_zero() -> None:
+    metrics = parse_metrics('clouddetect_requests_total{status="200"} 4.0\nclouddetect_requests_in_flight 1.0\n')
+    assert (metrics.requests, metrics.in_flight) == (4, 1)
+    assert metrics.cpu_seconds is None and metrics.cpu_throttled_periods is None and metrics.memory_peak_bytes is None
+
+
+def test_the_pods_cgroup_cpu_is_preferred_to_its_process_cpu() -> None:
+    text = ("process_cpu_seconds_total 3.0\nclouddetect_cgroup_cpu_usage_seconds_total 7.5\n"
+            "clouddetect_cgroup_cpu_periods_total 90.0\nclouddetect_cgroup_cpu_throttled_periods_total 80.0\n"
+            "clouddetect_cgroup_memory_peak_bytes 1048576.0\nclouddetect_cpu_limit_cores 0.5\n")
+    metrics = parse_metrics(text)
+    assert (metrics.cpu_seconds, metrics.cpu_periods, metrics.cpu_throttled_periods) == (7.5, 90, 80)
+    assert (metrics.memory_peak_bytes, metrics.cpu_limit_cores) == (1048576, 0.5)
+    assert parse_metrics("process_cpu_seconds_total 3.0\n").cpu_seconds == 3.0
 
 
 def pod(name: str, ready: bool = True, terminating: bool = False) -> V1Pod:
@@ -69,3 +96,5 @@ def test_fixed_url_reads_its_one_instance(tmp_path: Path, images: list[Path]) ->
             platform.scale(2)
         readyz = requests.get(server.url + "/readyz", timeout=HTTP_TIMEOUT_S).json()
         assert platform.describe() == {"pod_cpu": None, "pod_memory": None, "engine": reported_engine(readyz)}
+        assert platform.placement() == {"fixed-pod": {"node": None, "cpu_model": machine.cpu()["model"],
+                                                      "isa": machine.cpu()["isa"], "engine": engine_name(readyz)}}

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from clouddetect.lab.capacity.evidence import EvidenceSettings, Snapshot, evidence
 from clouddetect.lab.capacity.results import Experiment, RunRecord
+from clouddetect.lab.capacity.targets import PodMetrics
 from clouddetect.lab.cli import lab
 from clouddetect.lab.report import write as report
 from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, REQUEST_BYTES, gather
@@ -23,6 +25,7 @@ RECORDED = Path(__file__).parents[1] / "recorded" / "one-pod"
 OBSERVATIONS_MAX_WORDS = 1000
 CHALLENGES_MAX_WORDS = 500
 TOTAL_MAX_WORDS = 1500
+MIB = 1024 * 1024
 LINK = {"rtt_ms": 20.0, "bandwidth_mbit": 100.0, "method": "network namespace + veth"}
 
 
@@ -207,3 +210,52 @@ def test_a_file_that_is_not_a_fault_result_is_a_clear_error(tmp_path: Path) -> N
     done = CliRunner().invoke(lab, ["report", str(RECORDED), "--out", str(tmp_path), "--no-pdf",
                                     "--faults", str(wrong)])
     assert done.exit_code != 0 and f"{wrong} is not a `clouddetect lab faults` result" in done.output
+
+
+def bound_by(run: RunRecord, used_cores: float, limit_cores: float = 0.15, throttled: float = 0.95,
+             client_cpu: float = 0.2) -> RunRecord:
+    """The run with evidence as the lab measures it over a 20 s hold (its pods at ``used_cores`` each)."""
+    hold_s = 20.0
+    before = {name: PodMetrics({}, 0, 0.0, 0, 0, 150 * MIB, limit_cores, 512 * MIB) for name in run.pod_names}
+    after = {name: PodMetrics({}, 0, used_cores * hold_s, 200, round(200 * throttled), 160 * MIB, limit_cores,
+                              512 * MIB) for name in run.pod_names}
+    found = evidence(Snapshot(0.0, before, {1: 0.0}, None, 0.0, 0.0),
+                     Snapshot(hold_s, after, {1: client_cpu * hold_s}, None, 30.0, 40.0), None, EvidenceSettings())
+    return dataclasses.replace(run, evidence=found, client_bound=found["client_bound"],
+                               machine_bound=found["machine_bound"])
+
+
+def test_what_bound_the_pods_is_told_from_their_cgroups_not_inferred(recorded_run: RunRecord, tmp_path: Path) -> None:
+    runs = [bound_by(scaled(recorded_run, "master", pods, repeat), 0.149) for pods in ASSIGNMENT_PODS
+            for repeat in (1, 2)]
+    said = text(discussion([experiment(tmp_path / "master", runs)]))
+    assert ("What bound the pods is measured, not inferred: at capacity every pod used 99 % or more of its CPU "
+            "limit (0.15 cores) and its quota stopped it in 95 % of CFS periods, while its memory peaked at 160 of "
+            "512 MiB") in said
+    assert "not the service's alone" not in said
+
+
+def test_a_machine_bound_configuration_is_said_in_words_and_claims_no_efficiency(recorded_run: RunRecord,
+                                                                                 tmp_path: Path) -> None:
+    runs = [bound_by(scaled(recorded_run, "master", pods, 1), 0.149 if pods < 8 else 0.1) for pods in ASSIGNMENT_PODS]
+    directory = experiment(tmp_path / "master", runs)
+    facts = gather([Experiment.load(directory)])
+    said = text(report.discussion(facts))
+    assert ("At 8 pods with the client on master the figures are not the service's alone: the pods used 0.10 of "
+            "their 0.15 CPU on average: the nodes' CPU, not the quota, ran out (the load generator's machine was "
+            "75 % busy). No scaling efficiency is claimed for it.") in said
+    efficiency = {row[0]: row[3] for row in report.capacity_table(facts).rows}
+    assert efficiency == {"1": "1.00", "2": "0.95", "4": "0.95", "8": "-"}
+    bound = {row[0]: row[-1] for row in report.evidence_table(facts).rows}
+    assert bound == {"1": "no", "2": "no", "4": "no", "8": "machine (1 of 1)"}
+
+
+def test_a_busy_load_generator_makes_its_configuration_client_bound(recorded_run: RunRecord, tmp_path: Path) -> None:
+    runs = [bound_by(scaled(recorded_run, "master", pods, 1), 0.149, client_cpu=0.9 if pods == 4 else 0.2)
+            for pods in ASSIGNMENT_PODS]
+    facts = gather([Experiment.load(experiment(tmp_path / "master", runs))])
+    said = text(report.discussion(facts))
+    assert "At 4 pods with the client on master the figures are not the service's alone: a Locust process used 90%" \
+        in said
+    row = next(row for row in report.evidence_table(facts).rows if row[0] == "4")
+    assert row[2:] == ["0.149 ± 0.000 of 0.15", "95% ± 0", "160 of 512 MiB", "90%", "-", "75% ± 0", "client (1 of 1)"]

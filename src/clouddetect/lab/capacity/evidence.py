@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -168,7 +168,8 @@ def bounds(found: dict[str, Any], settings: EvidenceSettings) -> dict[str, Any]:
     if machine_bound:
         reasons.append(f"the pods used {used:.2f} of their {limit:.2f} CPU on average: the nodes' CPU, not the "
                        "quota, ran out")
-    return {"client_bound": client_bound, "machine_bound": machine_bound, "bound_reasons": reasons}
+    return {"client_bound": client_bound, "machine_bound": machine_bound, "bound_reasons": reasons,
+            "bound_thresholds": asdict(settings)}
 
 
 def describe(found: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clouddetect.lab.capacity.evidence import EvidenceSettings
 from clouddetect.lab.capacity.experiment import ASSIGNMENT_PODS, CLIENT_LOCATIONS, TIMEOUT_SHARE_HELD
 from clouddetect.lab.capacity.results import Experiment, RunRecord
 
@@ -70,6 +71,59 @@ class Balance:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What bound one configuration over its repeats' holds (``lab/capacity/evidence.py``), where it was measured."""
+
+    pod_cpu_cores: Spread | None = None
+    pod_cpu_limit_cores: float | None = None
+    throttled_share: Spread | None = None
+    memory_peak_mib: float | None = None  # the most any pod reached
+    memory_limit_mib: float | None = None
+    client_cpu_share: float | None = None  # the busiest Locust process of any repeat
+    link_share: Spread | None = None
+    machine_busy_share: Spread | None = None
+    client_bound_runs: int = 0
+    machine_bound_runs: int = 0
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def measured(self) -> bool:
+        return self.pod_cpu_cores is not None or self.client_cpu_share is not None
+
+    @property
+    def bound(self) -> bool:
+        """The client or the machine limited at least one repeat: the figures are not the service's alone."""
+        return bool(self.client_bound_runs or self.machine_bound_runs)
+
+    @property
+    def cpu_used_share(self) -> float | None:
+        if self.pod_cpu_cores is None or not self.pod_cpu_limit_cores:
+            return None
+        return self.pod_cpu_cores.mean / self.pod_cpu_limit_cores
+
+
+def evidence_of(runs: Sequence[RunRecord]) -> Evidence:
+    found = [r.evidence for r in runs if r.evidence]
+    if not found:
+        return Evidence()
+
+    def values(name: str) -> list[float | None]:
+        return [e.get(name) for e in found]
+
+    def most(name: str) -> float | None:
+        return max((v for v in values(name) if v is not None), default=None)
+
+    reasons = dict.fromkeys(reason for e in found for reason in e.get("bound_reasons") or [])
+    return Evidence(
+        spread_of(values("pod_cpu_cores_used_mean")), most("pod_cpu_limit_cores"),
+        spread_of(values("pod_cpu_throttled_period_share_mean")), most("pod_memory_peak_mib_max"),
+        most("pod_memory_limit_mib"), most("client_cpu_core_share_max"), spread_of(values("link_utilisation_share")),
+        spread_of(values("load_generator_machine_cpu_busy_share")),
+        sum(1 for e in found if e.get("client_bound")), sum(1 for e in found if e.get("machine_bound")),
+        tuple(reasons))
+
+
+@dataclass(frozen=True)
 class Point:
     """One configuration (client location, pods) over its repeats, and what follows from it."""
 
@@ -90,6 +144,7 @@ class Point:
     breaking_users: Spread | None
     breaking_failures: dict[str, int]
     balances: list[Balance]
+    evidence: Evidence
     efficiency: float | None = None
 
     @property
@@ -219,6 +274,9 @@ class Facts:
     faults: list[Fault] = field(default_factory=list)
     # client location -> the load generator machine's 1-minute load average when its experiment started
     loads: dict[str, float] = field(default_factory=dict)
+    # node -> its CPU model, instruction sets and the engines its pods ran, as the pods' /readyz said
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: list[RunRecord] = field(default_factory=list)
 
     def at(self, location: str) -> list[Point]:
         return [p for p in self.points if p.location == location]
@@ -280,6 +338,22 @@ class Facts:
         return max(queued, key=lambda p: p.queued or 0.0) if queued else None
 
     @property
+    def bound_thresholds(self) -> EvidenceSettings:
+        """The thresholds the runs were flagged by, as recorded (the lab's defaults for runs that did not say)."""
+        recorded = next((r.evidence["bound_thresholds"] for r in self.runs
+                         if r.evidence and "bound_thresholds" in r.evidence), None)
+        return EvidenceSettings(**recorded) if recorded else EvidenceSettings()
+
+    @property
+    def bound_points(self) -> list[Point]:
+        return [p for p in self.points if p.evidence.bound]
+
+    @property
+    def quota_bound(self) -> list[Point]:
+        """Configurations whose pods used their CPU quota at capacity: the service's own limit was reached."""
+        return [p for p in self.points if not p.evidence.bound and p.evidence.cpu_used_share is not None]
+
+    @property
     def timeouts(self) -> list[float]:
         return sorted({p.timeout_s for p in self.points})
 
@@ -296,16 +370,18 @@ def _point(location: str, pods: int, runs: list[RunRecord]) -> Point:
         spread_of([r.p95_ms for r in runs]), spread_of([r.p99_ms for r in runs]), spread_of([r.rps for r in runs]),
         spread_of([r.saturation_rps for r in runs]), spread_of([r.slo_users for r in runs]),
         next((r.slo_p95_s for r in runs if r.slo_p95_s), None), spread_of([r.breaking_users for r in runs]),
-        dict(failures), [Balance(r.pods, r.pod_requests) for r in runs if r.pod_requests],
+        dict(failures), [Balance(r.pods, r.pod_requests) for r in runs if r.pod_requests], evidence_of(runs),
     )
 
 
 def with_efficiency(points: list[Point]) -> list[Point]:
-    """Each point with its scaling efficiency: saturation throughput over 1 pod's (same location) times the pods."""
-    one = {p.location: p.saturation_rps for p in points if p.pods == 1}
+    """Each point with its scaling efficiency: saturation throughput over 1 pod's (same location) times the pods.
+    None where the client or the machine limited either: that ratio would not be the service's."""
+    one = {p.location: p for p in points if p.pods == 1}
     result = []
     for p in points:
-        base = one.get(p.location)
+        unit = one.get(p.location)
+        base = unit.saturation_rps if unit and not unit.evidence.bound and not p.evidence.bound else None
         efficiency = p.saturation_rps.mean / (p.pods * base.mean) if base and p.saturation_rps and base.mean else None
         result.append(Point(**{**p.__dict__, "efficiency": efficiency}))
     return result
@@ -320,4 +396,5 @@ def gather(experiments: Sequence[Experiment], fault_files: Sequence[Path] = ()) 
     links = {r.client_location: e.conditions.get("client_link") for e in experiments for r in e.runs}
     loads = {r.client_location: load for e in experiments for r in e.runs
              if (load := (e.environment.get("load_generator") or {}).get("load_average_1m")) is not None}
-    return Facts(points, links, [Fault.load(path) for path in fault_files], loads)
+    nodes = {name: node for e in experiments for name, node in (e.environment.get("nodes") or {}).items()}
+    return Facts(points, links, [Fault.load(path) for path in fault_files], loads, nodes, runs)

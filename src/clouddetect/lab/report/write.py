@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import jinja2
 
+from clouddetect.lab.capacity import evidence
 from clouddetect.lab.capacity.results import Experiment, RunRecord
 from clouddetect.lab.report import DEFAULT_TITLE, analysis, pdf, plots
 from clouddetect.lab.report.analysis import ASSIGNMENT_PODS, CLIENT_LOCATIONS, Facts, Point, Spread
@@ -106,6 +107,48 @@ def assignment_table(facts: Facts) -> Table:
     return Table(header, rows, caption)
 
 
+def _pct_spread(summary: Spread | None) -> str:
+    return "-" if summary is None else f"{summary.mean:.0%} ± {summary.std * 100:.0f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _of(value: str, limit: float | None, digits: int, unit: str = "") -> str:
+    return value if value == "-" or limit is None else f"{value} of {limit:.{digits}f}{unit}"
+
+
+def _bound(point: Point) -> str:
+    e = point.evidence
+    kinds = [f"{kind} ({runs} of {point.repeats})" for kind, runs in
+             (("client", e.client_bound_runs), ("machine", e.machine_bound_runs)) if runs]
+    return ", ".join(kinds) or ("no" if e.measured else "-")
+
+
+def evidence_table(facts: Facts) -> Table:
+    """What bound each configuration over its holds: the pods' quota, the machine, or the client."""
+    header = ["pods", "client", "pod CPU used (cores)", "throttled periods", "peak pod memory",
+              "client CPU (busiest Locust process)", "client link", "load generator's machine busy", "bound by"]
+    rows = []
+    for p in sorted(facts.points, key=lambda p: (p.pods, p.location)):
+        e = p.evidence
+        cores = "-" if e.pod_cpu_cores is None else f"{e.pod_cpu_cores.mean:.3f} ± {e.pod_cpu_cores.std:.3f}"
+        memory = "-" if e.memory_peak_mib is None else f"{e.memory_peak_mib:.0f}"
+        rows.append([str(p.pods), p.location, _of(cores, e.pod_cpu_limit_cores, 2), _pct_spread(e.throttled_share),
+                     _of(memory, e.memory_limit_mib, 0, " MiB"), _share(e.client_cpu_share),
+                     _pct_spread(e.link_share), _pct_spread(e.machine_busy_share), _bound(p)])
+    limits = facts.bound_thresholds
+    caption = ("What bound each configuration, measured over the holds of its accepted loads: each pod's CPU from "
+               "its cgroup (mean over pods and repeats, of its limit), the share of CFS periods in which the quota "
+               "stopped it, the most memory any pod's cgroup held since it started (of its limit), the busiest "
+               "Locust process's share of a core, the client link's use of its rate, and the load generator's "
+               f"machine's CPU. A run is client-bound when a Locust process passed {limits.client_cpu_bound_share:.0%} "
+               f"of a core or the link {limits.link_bound_share:.0%} of its rate, machine-bound when its pods used "
+               f"under {limits.pod_cpu_starved_share:.0%} of their CPU limit. '-': not measured.")
+    return Table(header, rows, caption, wide=True)
+
+
 def capacity_table(facts: Facts) -> Table:
     """The figures that describe the service at each pod count, whatever the timeout."""
     objectives = sorted({p.slo_p95_s for p in facts.points if p.slo_p95_s})
@@ -115,7 +158,8 @@ def capacity_table(facts: Facts) -> Table:
              format_spread(p.median_ms), format_spread(p.p95_ms), format_spread(p.p99_ms),
              format_spread(p.slo_users)] for p in sorted(facts.points, key=lambda p: (p.pods, p.location))]
     caption = ("Saturation throughput (requests/s once more users add none), scaling efficiency (over 1 pod's "
-               "times the pods; 1.0 is linear) and response times at capacity.")
+               "times the pods; 1.0 is linear; '-' where the client or the machine bound either) and response "
+               "times at capacity.")
     return Table(header, rows, caption)
 
 
@@ -125,7 +169,8 @@ def _counts(counts: dict[str, int]) -> str:
 
 RUN_FIELDS = ["users at first failure", "confirmations tried", "max users", "avg ms", "median ms", "p95 ms",
               "p99 ms", "req/s", "saturation req/s", "held s", "stable", "users within objective",
-              "requests sent / judged", "minutes", "failures at breaking point", "requests per pod"]
+              "requests sent / judged", "minutes", "failures at breaking point", "requests per pod",
+              "what bound it (over the hold)"]
 
 
 def _run_column(r: RunRecord) -> list[str]:
@@ -134,7 +179,8 @@ def _run_column(r: RunRecord) -> list[str]:
             _optional(r.rps, 1), _optional(r.saturation_rps, 1), _optional(r.held_s),
             "-" if r.stable is None else str(r.stable).lower(), _optional(r.slo_users),
             f"{r.requests_sent} / {r.requests_judged}", _optional(r.duration_s / 60, 1),
-            _counts(r.breaking_failure_kinds), _counts(r.pod_requests)]
+            _counts(r.breaking_failure_kinds), _counts(r.pod_requests),
+            evidence.describe(r.evidence) if r.evidence else "-"]
 
 
 def runs_tables(runs: Sequence[RunRecord]) -> list[Table]:
@@ -280,6 +326,7 @@ def build(experiments: Sequence[Experiment], out_dir: Path, fault_files: Sequenc
             "response times and users within the latency objective are given beside it."),
         Heading(2, "Capacity"),
         assignment_table(facts),
+        evidence_table(facts),
         capacity_table(facts),
         *discussion(facts),
         *([Heading(2, "Figures"), *images] if images else []),
