@@ -134,9 +134,10 @@ def cpu_limit_cores(proc_self: Path = PROC_SELF) -> float | None:
     return min(quotas, default=None)
 
 
-V1_CPU_STAT = V2_CPU_STAT = "cpu.stat"  # v1: nr_periods, nr_throttled, throttled_time (ns); v2: *_usec and usage
+CPU_STAT = "cpu.stat"  # v1: nr_periods, nr_throttled, throttled_time (ns); v2: the same in *_usec, and usage_usec
 V1_CPU_USAGE = "cpuacct.usage"  # ns, every process of the cgroup
-V1_MEMORY_PEAK, V2_MEMORY_PEAK = "memory.max_usage_in_bytes", "memory.peak"  # since the cgroup was made
+V1_MEMORY_PEAK, V2_MEMORY_PEAK = "memory.max_usage_in_bytes", "memory.peak"  # since the cgroup was made (v2: 5.19+)
+V1_UNLIMITED = 2**62  # v1 writes "no limit" as a number near 2**63
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,8 @@ class CgroupUsage:
 
 
 def _stat(directory: Path) -> dict[str, int]:
-    pairs = (line.split() for line in (_read(directory / V1_CPU_STAT) or "").splitlines())
+    """cpu.stat's "name value" lines."""
+    pairs = (line.split() for line in (_read(directory / CPU_STAT) or "").splitlines())
     return {p[0]: int(p[1]) for p in pairs if len(p) == 2 and p[1].isdigit()}
 
 
@@ -165,15 +167,16 @@ def _binding(controller: str, limit_files: tuple[str, ...], proc_self: Path) -> 
     for directory in dirs:
         for name in limit_files:
             raw = (_read(directory / name) or "").split(" ")[0]
-            if raw.isdigit() and int(raw) < 2**62:  # v1 "unlimited" is near 2**63, v2 "max"
+            if raw.isdigit() and int(raw) < V1_UNLIMITED:  # v2 writes "max"
                 return directory
     return dirs[0] if dirs else None
 
 
 def usage(proc_self: Path = PROC_SELF) -> CgroupUsage:
+    """The counters of the cgroups whose limits bind this process (see ``CgroupUsage``)."""
     cpu = _binding("cpu", (V1_CPU_QUOTA, V2_CPU_MAX), proc_self)
     stat = _stat(cpu) if cpu else {}
-    usage_s = stat["usage_usec"] / 1e6 if "usage_usec" in stat else _v1_cpu_usage_s(proc_self)
+    usage_s = stat["usage_usec"] / 1e6 if "usage_usec" in stat else _v1_cpu_usage_s(cpu, proc_self)
     throttled_s = (stat["throttled_usec"] / 1e6 if "throttled_usec" in stat
                    else stat["throttled_time"] / 1e9 if "throttled_time" in stat else None)
     memory = _binding("memory", (V1_MEMORY_LIMIT, V2_MEMORY_LIMIT), proc_self)
@@ -182,11 +185,14 @@ def usage(proc_self: Path = PROC_SELF) -> CgroupUsage:
     return CgroupUsage(usage_s, stat.get("nr_periods"), stat.get("nr_throttled"), throttled_s, peak)
 
 
-def _v1_cpu_usage_s(proc_self: Path) -> float | None:
-    """v1 keeps CPU time in the cpuacct controller, which may be mounted apart from cpu; a process left in its root
-    cgroup there would read the whole machine's, so none."""
-    for hierarchy in hierarchies(proc_self):
-        if hierarchy.version == 1 and "cpuacct" in hierarchy.controllers and str(hierarchy.path) != "/":
-            raw = _read(hierarchy.lineage()[0] / V1_CPU_USAGE)
-            return int(raw) / 1e9 if raw and raw.isdigit() else None
-    return None
+def _v1_cpu_usage_s(cpu: Path | None, proc_self: Path) -> float | None:
+    """v1 keeps CPU time in the cpuacct controller: beside the quota's cgroup when mounted with cpu (the usual
+    ``cpu,cpuacct``), else at the same path in its own hierarchy. None for the root cgroup (the machine's time)."""
+    mounts = {c: h for h in hierarchies(proc_self) if h.version == 1 for c in ("cpu", "cpuacct") if c in h.controllers}
+    if cpu is None or {"cpu", "cpuacct"} - set(mounts) or not cpu.is_relative_to(mounts["cpu"].mount_point):
+        return None
+    relative = cpu.relative_to(mounts["cpu"].mount_point)
+    if not relative.parts and str(mounts["cpu"].mount_root) == "/":
+        return None
+    raw = _read(mounts["cpuacct"].mount_point / relative / V1_CPU_USAGE)
+    return int(raw) / 1e9 if raw and raw.isdigit() else None

@@ -24,4 +24,4 @@ def cpu(cpuinfo: Path = CPUINFO) -> dict[str, object]:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    return {"model": fields.get("model name") or fields.get("Model name"), "isa": [f for f in ENGINE_ISA if f in flags]}
+    return {"model": fields.get("model name"), "isa": [f for f in ENGINE_ISA if f in flags]}

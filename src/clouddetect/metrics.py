@@ -55,7 +55,8 @@ class CgroupCollector(Collector):
         gauges = (
             (CGROUP_MEMORY_PEAK, "Most memory the cgroup that carries the memory limit has held since it was made.",
              used.memory_peak_bytes),
-            (CPU_LIMIT, "The smallest CPU quota on this process's cgroup path, in cores.", cpu_limit),
+            (CPU_LIMIT, "The smallest CPU quota on this process's cgroup path, in cores (the counters above come from "
+             "the innermost cgroup with a quota, usually the same).", cpu_limit),
             (MEMORY_LIMIT, "The memory this process may use: the smallest cgroup limit, or the machine's memory.",
              cgroup_limits.memory_limit_bytes()),
         )

@@ -73,7 +73,7 @@ def lab() -> None:
               help="Folder of images to send [default: $CLOUDDETECT_IMAGES or ../shared/datasets/inputfolder].")
 @click_options(LoadSettings, ["image_order", "locust_processes", "progress_interval_s"])
 @click_options(Plan, ["drain_timeout_s"])
-@click_options(KubernetesSettings, ["ready_timeout_s"])
+@click_options(KubernetesSettings, ["ready_timeout_s", "metrics_timeout_s"])
 @click_options(Plan, ["poll_interval_s"])
 @click_options(KubernetesSettings, ["namespace", "deployment", "service", "service_url", "pod_port"])
 @click.option("--expected-pod-rps", default=7.0, show_default=True, type=click.FloatRange(min=0, min_open=True),

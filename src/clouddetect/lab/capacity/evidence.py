@@ -4,15 +4,16 @@ limits, the load generator's CPU and the client's link.
 Two snapshots are taken, when the accepted load starts being held and when it stops: the pods' cgroup counters
 (through their ``/metrics``), the CPU time of every Locust process, the bytes through the link's interface and the
 load generator's machine's CPU. Their differences say whether the service was the bottleneck. A run whose load
-generator was (a Locust process near a whole core, the link near its rate) is flagged ``client_bound``; one whose
-pods could not use the CPU they were given (the node's CPU was spent elsewhere) ``machine_bound``; neither figure
-is then the service's capacity.
+generator was (a Locust process near a whole core, the link near its rate) is flagged ``client_bound``; a saturated
+run whose pods could not use the CPU they were given ``machine_bound``; neither figure is then the service's
+capacity. A pod's peak memory is its cgroup's since the pod started (page cache included), not the hold's.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
@@ -45,21 +46,30 @@ class EvidenceSettings:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """The counters at one moment; ``at_s`` is the middle of the pods' scrape, which takes a while at load."""
+
     at_s: float
     pods: dict[str, PodMetrics]
     client_cpu_s: dict[int, float]  # by Locust process id
-    link_bytes: int | None  # the busier direction of the link's interface
+    link_tx_bytes: int | None  # through the client link's interface, each way
+    link_rx_bytes: int | None
     host_busy_s: float | None
     host_total_s: float | None
 
 
-def take(pods: dict[str, PodMetrics], locust: psutil.Process | None, link_interface: str | None) -> Snapshot:
+def take(read_pods: Callable[[], dict[str, PodMetrics]], locust: psutil.Process | None,
+         link_interface: str | None) -> Snapshot:
+    started = time.monotonic()
+    pods = read_pods()
+    at_s = (started + time.monotonic()) / 2
     busy, total = _host_cpu_s()
-    return Snapshot(time.monotonic(), pods, _process_cpu_s(locust), _link_bytes(link_interface), busy, total)
+    tx, rx = (_interface_bytes(link_interface, d) for d in ("tx", "rx"))
+    return Snapshot(at_s, pods, _process_cpu_s(locust), tx, rx, busy, total)
 
 
 def _process_cpu_s(root: psutil.Process | None) -> dict[int, float]:
-    """CPU seconds of Locust and each of its worker processes (``--processes``)."""
+    """CPU seconds of Locust and each of its worker processes (``--processes``); one that has just exited is left
+    out."""
     if root is None:
         return {}
     found = {}
@@ -79,11 +89,11 @@ def _children(process: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _link_bytes(interface: str | None) -> int | None:
+def _interface_bytes(interface: str | None, direction: str) -> int | None:
     if not interface:
         return None
     try:
-        return max(int((SYS_NET / interface / "statistics" / f"{d}_bytes").read_text()) for d in ("tx", "rx"))
+        return int((SYS_NET / interface / "statistics" / f"{direction}_bytes").read_text())
     except (OSError, ValueError):
         return None
 
@@ -103,19 +113,21 @@ def _share(part: float | None, whole: float | None) -> float | None:
     return None if part is None or not whole else round(part / whole, 3)
 
 
-def _difference(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
+def _grown(after: float | None, before: float | None) -> float | None:
+    """How much a counter grew; None when unknown or when it went back (a restarted container starts at zero)."""
+    if after is None or before is None or after < before:
+        return None
+    return after - before
 
 
-def pod_evidence(before: PodMetrics | None, after: PodMetrics, seconds: float) -> dict[str, Any]:
+def pod_evidence(before: PodMetrics, after: PodMetrics, seconds: float) -> dict[str, Any]:
     """One pod over the hold: cores used of its limit, share of CFS periods throttled, peak memory of its limit."""
-    cpu_s = _difference(after.cpu_seconds, before.cpu_seconds if before else None)
-    periods = _difference(after.cpu_periods, before.cpu_periods if before else None)
-    throttled = _difference(after.cpu_throttled_periods, before.cpu_throttled_periods if before else None)
+    cpu_s = _grown(after.cpu_seconds, before.cpu_seconds)
     return {
         "cpu_cores_used": None if cpu_s is None else round(cpu_s / seconds, 3),
         "cpu_limit_cores": after.cpu_limit_cores,
-        "cpu_throttled_period_share": _share(throttled, periods),
+        "cpu_throttled_period_share": _share(_grown(after.cpu_throttled_periods, before.cpu_throttled_periods),
+                                             _grown(after.cpu_periods, before.cpu_periods)),
         "memory_peak_mib": None if after.memory_peak_bytes is None else round(after.memory_peak_bytes / MIB, 1),
         "memory_limit_mib": None if after.memory_limit_bytes is None else round(after.memory_limit_bytes / MIB, 1),
     }
@@ -126,50 +138,58 @@ def _mean(values: list[float | None]) -> float | None:
     return round(mean(known), 3) if known else None
 
 
-def evidence(before: Snapshot, after: Snapshot, link_rate_mbit: float | None,
-             settings: EvidenceSettings) -> dict[str, Any]:
-    """The run's evidence, its units in its names, and whether the client or the machine bound it (and why)."""
+def evidence(before: Snapshot, after: Snapshot, link_rate_mbit: float | None) -> dict[str, Any]:
+    """The run's figures over the hold, their units in their names (the flags are ``bounds``'s)."""
     seconds = after.at_s - before.at_s
-    pods = {name: pod_evidence(before.pods.get(name), metrics, seconds) for name, metrics in after.pods.items()}
-    client = {pid: round((cpu - before.client_cpu_s[pid]) / seconds, 3)
-              for pid, cpu in after.client_cpu_s.items() if pid in before.client_cpu_s}
-    link_bytes = _difference(after.link_bytes, before.link_bytes)
-    link_share = (None if link_bytes is None or not link_rate_mbit
-                  else round(link_bytes * 8 / (link_rate_mbit * 1e6 * seconds), 3))
-    found = {
+    if seconds <= 0:
+        raise ValueError(f"the hold's snapshots are {seconds:g} s apart")
+    pods = {name: pod_evidence(before.pods[name], metrics, seconds)
+            for name, metrics in after.pods.items() if name in before.pods}
+    client = [round((cpu - before.client_cpu_s[pid]) / seconds, 3)
+              for pid, cpu in after.client_cpu_s.items() if pid in before.client_cpu_s]
+    busier = max((grown for grown in (_grown(after.link_tx_bytes, before.link_tx_bytes),
+                                      _grown(after.link_rx_bytes, before.link_rx_bytes)) if grown is not None),
+                 default=None)
+    return {
         "held_s": round(seconds, 1),
         "pods": pods,
+        # Pods serving at only one of the two snapshots (gone unready, or new): no figure over the hold.
+        "pods_missing": sorted(set(before.pods) ^ set(after.pods)),
         "pod_cpu_cores_used_mean": _mean([p["cpu_cores_used"] for p in pods.values()]),
         "pod_cpu_limit_cores": _mean([p["cpu_limit_cores"] for p in pods.values()]),
         "pod_cpu_throttled_period_share_mean": _mean([p["cpu_throttled_period_share"] for p in pods.values()]),
         "pod_memory_peak_mib_max": max((p["memory_peak_mib"] for p in pods.values() if p["memory_peak_mib"]),
                                        default=None),
         "pod_memory_limit_mib": _mean([p["memory_limit_mib"] for p in pods.values()]),
-        "client_cpu_core_share_by_process": list(client.values()),
-        "client_cpu_core_share_max": max(client.values(), default=None),
-        "link_utilisation_share": link_share,
-        "load_generator_machine_cpu_busy_share": _share(_difference(after.host_busy_s, before.host_busy_s),
-                                                        _difference(after.host_total_s, before.host_total_s)),
+        "client_cpu_core_share_by_process": client,
+        "client_cpu_core_share_max": max(client, default=None),
+        "link_utilisation_share": (None if busier is None or not link_rate_mbit
+                                   else round(busier * 8 / (link_rate_mbit * 1e6 * seconds), 3)),
+        "load_generator_machine_cpu_busy_share": _share(_grown(after.host_busy_s, before.host_busy_s),
+                                                        _grown(after.host_total_s, before.host_total_s)),
     }
-    return {**found, **bounds(found, settings)}
 
 
-def bounds(found: dict[str, Any], settings: EvidenceSettings) -> dict[str, Any]:
-    """``client_bound`` and ``machine_bound``, with the reasons in words."""
+def bounds(found: dict[str, Any], saturated: bool, thresholds: EvidenceSettings) -> dict[str, Any]:
+    """``client_bound`` and ``machine_bound``, with the reasons in words and the thresholds they were judged by.
+
+    A pod short of its quota is the machine's doing only when the service was saturated (a load below capacity
+    leaves CPU unused) and the client was not the bottleneck (a starved load does too)."""
     reasons: list[str] = []
     client_cpu, link = found["client_cpu_core_share_max"], found["link_utilisation_share"]
-    if client_cpu is not None and client_cpu > settings.client_cpu_bound_share:
+    if client_cpu is not None and client_cpu > thresholds.client_cpu_bound_share:
         reasons.append(f"a Locust process used {client_cpu:.0%} of a core")
-    if link is not None and link > settings.link_bound_share:
+    if link is not None and link > thresholds.link_bound_share:
         reasons.append(f"the client's link ran at {link:.0%} of its rate")
     client_bound = bool(reasons)
     used, limit = found["pod_cpu_cores_used_mean"], found["pod_cpu_limit_cores"]
-    machine_bound = used is not None and bool(limit) and used < settings.pod_cpu_starved_share * limit
+    machine_bound = (saturated and not client_bound and used is not None and bool(limit)
+                     and used < thresholds.pod_cpu_starved_share * limit)
     if machine_bound:
-        reasons.append(f"the pods used {used:.2f} of their {limit:.2f} CPU on average: the nodes' CPU, not the "
-                       "quota, ran out")
+        reasons.append(f"the pods used {used:.2f} of their {limit:.2f} CPU on average though saturated: their "
+                       "quota did not bind, the nodes' CPU or something outside the pods did")
     return {"client_bound": client_bound, "machine_bound": machine_bound, "bound_reasons": reasons,
-            "bound_thresholds": asdict(settings)}
+            "bound_thresholds": asdict(thresholds)}
 
 
 def describe(found: dict[str, Any]) -> str:
@@ -190,6 +210,8 @@ def describe(found: dict[str, Any]) -> str:
         parts.append(f"link {found['link_utilisation_share']:.0%} of its rate")
     if found.get("load_generator_machine_cpu_busy_share") is not None:
         parts.append(f"load generator's machine {found['load_generator_machine_cpu_busy_share']:.0%} busy")
+    if found.get("pods_missing"):
+        parts.append(f"no figures for {', '.join(found['pods_missing'])} (serving at one snapshot only)")
     bound = [kind for kind in ("client", "machine") if found.get(f"{kind}_bound")]
     if bound:
         parts.append(" and ".join(bound) + "-bound: " + "; ".join(found.get("bound_reasons") or []))

@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from clouddetect.lab.capacity import evidence
 from clouddetect.lab.capacity.evidence import EvidenceSettings, Snapshot
 from clouddetect.lab.capacity.locust_runs import StepOutcome, run_step
 from clouddetect.lab.capacity.results import Experiment, RunRecord, StepRecord, run_key
 from clouddetect.lab.capacity.search import Capacity, Measure, SearchSettings, Step, find_capacity
-from clouddetect.lab.capacity.targets import PodMetrics, Target, poll
+from clouddetect.lab.capacity.targets import PodMetrics, Target, TargetError, poll
 from clouddetect.loadtest.settings import HOLD_STARTED, STOPPING, LoadSettings, StepPlan
 from clouddetect.settings_fields import setting
 from clouddetect.verdicts import describe_kinds
@@ -103,14 +105,15 @@ def _now() -> str:
 
 class Runner:
     def __init__(self, platform: Target, experiment: Experiment, plan: Plan, search: SearchSettings,
-                 load: LoadSettings, echo: Echo, bounds: EvidenceSettings | None = None):
+                 load: LoadSettings, echo: Echo, thresholds: EvidenceSettings | None = None):
         self.platform = platform
         self.experiment = experiment
         self.plan = plan
         self.search = search
         self.load = load
         self.echo = echo
-        self.bounds = bounds or EvidenceSettings()
+        self.thresholds = thresholds or EvidenceSettings()
+        self.placement: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
         # A simulated link's rate is known, and its interface is this host's route to the service.
         link = experiment.conditions.get("client_link") or {}
@@ -130,17 +133,18 @@ class Runner:
             self.say(f"{pods} pods: scaling")
             self.platform.scale(pods)
             names = self.platform.wait_ready(pods)
-            placement = self.platform.placement()
-            self.experiment.note_placement(placement)
-            self.say(f"{pods} pods ready: " + ", ".join(f"{n} on {placement.get(n, {}).get('node')}" for n in names))
+            self.placement = self.platform.placement()
+            self.experiment.note_placement(self.placement)
+            self.say(f"{pods} pods ready: " + ", ".join(f"{n} on {self.placement.get(n, {}).get('node')}"
+                                                       for n in names))
             for repeat in pending:
                 record = self.run_once(pods, repeat)
                 self.experiment.add(record)
                 self.say(f"{pods} pods, repeat {repeat}/{self.plan.repeats}: max {record.max_users} users "
                          f"(timeout {record.timeout_s:g} s), avg {_ms(record.avg_ms)}, p95 {_ms(record.p95_ms)}, "
                          f"saturation {_rps(record.saturation_rps)}, users within the objective "
-                         f"{record.slo_users if record.slo_users is not None else '-'}; {_bound(record.evidence)}; "
-                         f"took {record.duration_s:.0f} s; recorded")
+                         f"{record.slo_users if record.slo_users is not None else '-'}; "
+                         f"{_evidence_line(record.evidence)}; took {record.duration_s:.0f} s; recorded")
 
     def run_once(self, pods: int, repeat: int) -> RunRecord:
         key = run_key(self.plan.client_location, pods, repeat)
@@ -159,8 +163,11 @@ class Runner:
             self.say(f"{step_label}: starting")
             snapshots: dict[str, Snapshot] = {}
 
-            def on_phase(phase: str, locust: Any) -> None:
-                snapshots[phase] = evidence.take(self.platform.pod_metrics(), locust, self.link_interface)
+            def on_phase(phase: str, locust: psutil.Process) -> None:
+                try:
+                    snapshots[phase] = evidence.take(self.platform.pod_metrics, locust, self.link_interface)
+                except (TargetError, psutil.Error) as exc:  # evidence is worth a line, not the experiment
+                    self.say(f"{step_label}: no evidence at {phase}: {exc}")
 
             outcome = run_step(endpoint, step, self.load, raw_dir / step.name,
                                lambda line: self.say(f"{step_label}: {line}"), on_phase)
@@ -170,9 +177,8 @@ class Runner:
                      f"{outcome.requests_sent} requests judged" + (f" ({unjudged} never answered)" if unjudged else ""))
             found = None
             if outcome.passed and HOLD_STARTED in snapshots and STOPPING in snapshots:
-                found = evidence.evidence(snapshots[HOLD_STARTED], snapshots[STOPPING], self.link_rate_mbit,
-                                          self.bounds)
-                self.say(f"{step_label}: {_bound(found)}")
+                found = evidence.evidence(snapshots[HOLD_STARTED], snapshots[STOPPING], self.link_rate_mbit)
+                self.say(f"{step_label}: {_evidence_line(found)}")
             return Step(outcome, served(before, self.platform.pod_metrics()), found)
 
         return measure
@@ -183,9 +189,13 @@ class Runner:
         accepted = capacity.accepted
         figures = accepted.outcome if accepted else None
         slo = capacity.slo_held.outcome if capacity.slo_held else None
+        # Saturated: the search found where requests fail, so the accepted load is at the service's limit.
+        found = accepted.evidence if accepted else None
+        flags = evidence.bounds(found, capacity.breaking_users is not None, self.thresholds) if found else {}
+        names = self.platform.pods()
         return RunRecord(
             client_location=location, pods=pods, repeat=repeat, endpoint=endpoint,
-            pod_names=self.platform.pods(), started_at=started_at, finished_at=_now(),
+            pod_names=names, started_at=started_at, finished_at=_now(),
             breaking_users=capacity.breaking_users,
             breaking_failure_kinds=capacity.search.outcome.failure_kinds,
             confirmed_users_tried=[s.outcome.users for s in capacity.confirmations],
@@ -214,10 +224,10 @@ class Runner:
             requests_judged=sum(s.outcome.requests_judged for s in capacity.steps),
             duration_s=round(duration_s, 1),
             steps=[_step_record(s.outcome) for s in capacity.steps],
-            evidence=accepted.evidence if accepted else None,
-            pod_nodes={name: where["node"] for name, where in self.platform.placement().items()},
-            client_bound=accepted.evidence["client_bound"] if accepted and accepted.evidence else None,
-            machine_bound=accepted.evidence["machine_bound"] if accepted and accepted.evidence else None,
+            evidence={**found, **flags} if found else None,
+            pod_nodes={name: self.placement.get(name, {}).get("node") for name in names},
+            client_bound=flags["client_bound"] if found else None,
+            machine_bound=flags["machine_bound"] if found else None,
         )
 
 
@@ -228,7 +238,7 @@ def _step_record(outcome: StepOutcome) -> StepRecord:
                       requests_judged=outcome.requests_judged)
 
 
-def _bound(found: dict[str, Any] | None) -> str:
+def _evidence_line(found: dict[str, Any] | None) -> str:
     """The evidence in one line, as the progress and the report say it."""
     if not found:
         return "no evidence (nothing held)"

@@ -228,6 +228,8 @@ class KubernetesSettings:
                                             "a node].")
     pod_port: int = setting(Settings.port, "Pods' port serving /metrics.")
     ready_timeout_s: float = setting(600.0, "Time allowed for the pods to become ready after scaling.", low=0)
+    metrics_timeout_s: float = setting(10.0, "Time allowed to read one pod's /metrics through the API server.",
+                                       low=0, low_open=True)
     kubeconfig: Path | None = setting(None, "[default: as kubectl finds it]", file=True)
     context: str | None = setting(None, "kubeconfig context [default: the current one].")
 
@@ -255,6 +257,7 @@ class Kubernetes:
         self.service_url = settings.service_url
         self.pod_port = settings.pod_port
         self.ready_timeout_s = settings.ready_timeout_s
+        self.metrics_timeout_s = settings.metrics_timeout_s
         self.poll_interval_s = poll_interval_s
 
     def _selector(self) -> str:
@@ -288,11 +291,17 @@ class Kubernetes:
         raise TargetError("no node has an InternalIP; pass --service-url")
 
     def pod_metrics(self) -> dict[str, PodMetrics]:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
         metrics = {}
         for name in self.pods():
-            response = self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{name}:{self.pod_port}", self.namespace, "metrics", _preload_content=False
-            )
+            try:
+                response = self.core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{name}:{self.pod_port}", self.namespace, "metrics", _preload_content=False,
+                    _request_timeout=self.metrics_timeout_s)
+            except (ApiException, HTTPError) as exc:
+                raise TargetError(f"cannot read {name}'s /metrics: {exc}") from None
             metrics[name] = parse_metrics(response.data.decode())
         return metrics
 

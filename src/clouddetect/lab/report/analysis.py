@@ -24,8 +24,6 @@ REQUEST_BYTES = 220_000
 LINEAR_EFFICIENCY = 0.9
 # Max users below this share of the timeout bound are called out: the queue alone does not explain them.
 LOW_BOUND_RATIO = 0.6
-# A link carrying this share of its bandwidth or more is called the limit of the remote set.
-LINK_LIMIT_SHARE = 0.8
 BITS_PER_BYTE = 8
 BITS_PER_MBIT = 1_000_000
 
@@ -79,7 +77,7 @@ class Evidence:
     throttled_share: Spread | None = None
     memory_peak_mib: float | None = None  # the most any pod reached
     memory_limit_mib: float | None = None
-    client_cpu_share: float | None = None  # the busiest Locust process of any repeat
+    client_cpu_share_max: float | None = None  # the busiest Locust process of any repeat
     link_share: Spread | None = None
     machine_busy_share: Spread | None = None
     client_bound_runs: int = 0
@@ -88,7 +86,7 @@ class Evidence:
 
     @property
     def measured(self) -> bool:
-        return self.pod_cpu_cores is not None or self.client_cpu_share is not None
+        return self.pod_cpu_cores is not None or self.client_cpu_share_max is not None
 
     @property
     def bound(self) -> bool:
@@ -317,10 +315,6 @@ class Facts:
         return next((p for p in self.points if p.service_ms is not None), None)
 
     @property
-    def below_linear(self) -> list[Point]:
-        return [p for p in self.points if p.efficiency is not None and round(p.efficiency, 2) < LINEAR_EFFICIENCY]
-
-    @property
     def timed_out(self) -> int:
         return self.failure_kinds.get("timeout", 0)
 
@@ -396,5 +390,9 @@ def gather(experiments: Sequence[Experiment], fault_files: Sequence[Path] = ()) 
     links = {r.client_location: e.conditions.get("client_link") for e in experiments for r in e.runs}
     loads = {r.client_location: load for e in experiments for r in e.runs
              if (load := (e.environment.get("load_generator") or {}).get("load_average_1m")) is not None}
-    nodes = {name: node for e in experiments for name, node in (e.environment.get("nodes") or {}).items()}
+    nodes: dict[str, dict[str, Any]] = {}
+    for e in experiments:  # the same node seen by several experiments: its engines together
+        for name, node in (e.environment.get("nodes") or {}).items():
+            seen = nodes.setdefault(name, {**node, "engines": []})
+            seen["engines"] += [engine for engine in node.get("engines") or [] if engine not in seen["engines"]]
     return Facts(points, links, [Fault.load(path) for path in fault_files], loads, nodes, runs)

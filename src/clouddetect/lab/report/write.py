@@ -136,7 +136,7 @@ def evidence_table(facts: Facts) -> Table:
         cores = "-" if e.pod_cpu_cores is None else f"{e.pod_cpu_cores.mean:.3f} ± {e.pod_cpu_cores.std:.3f}"
         memory = "-" if e.memory_peak_mib is None else f"{e.memory_peak_mib:.0f}"
         rows.append([str(p.pods), p.location, _of(cores, e.pod_cpu_limit_cores, 2), _pct_spread(e.throttled_share),
-                     _of(memory, e.memory_limit_mib, 0, " MiB"), _share(e.client_cpu_share),
+                     _of(memory, e.memory_limit_mib, 0, " MiB"), _share(e.client_cpu_share_max),
                      _pct_spread(e.link_share), _pct_spread(e.machine_busy_share), _bound(p)])
     limits = facts.bound_thresholds
     caption = ("What bound each configuration, measured over the holds of its accepted loads: each pod's CPU from "
@@ -291,7 +291,7 @@ def discussion(facts: Facts) -> list[Block]:
     """The observations and challenges: the template's Markdown subset (headings, paragraphs) as blocks."""
     text = _environment().get_template("discussion.md.j2").render(
         facts=facts, timeout_share=analysis.TIMEOUT_SHARE_HELD, request_kb=analysis.REQUEST_BYTES // 1000,
-        link_limit_share=analysis.LINK_LIMIT_SHARE)
+        link_limit_share=facts.bound_thresholds.link_bound_share)
     blocks: list[Block] = []
     for chunk in re.split(r"\n\s*\n", text):
         chunk = " ".join(line.strip() for line in chunk.splitlines() if line.strip())
