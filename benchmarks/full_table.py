@@ -54,6 +54,9 @@ def parse() -> argparse.Namespace:
                         help="Requests/s one scaled pod serves (measured: 15.2 req/s from 8 pods of 0.15 CPU).")
     parser.add_argument("--rtt-ms", type=float, default=LinkSettings.rtt_ms)
     parser.add_argument("--bandwidth-mbit", type=float, default=LinkSettings.bandwidth_mbit)
+    parser.add_argument("--report-only", action="store_true",
+                        help="Measure nothing: write the report again from the copy in --docs (after a change to "
+                             "the report's code).")
     return parser.parse_args()
 
 
@@ -109,34 +112,40 @@ def expected_s(args: argparse.Namespace) -> float:
     return len(CLIENT_LOCATIONS) * (runs + len(ASSIGNMENT_PODS) * SCALING_ALLOWANCE_S)
 
 
-def publish(args: argparse.Namespace, sets: dict[str, Path], clock: Clock) -> None:
-    """The committed copy: each set's experiment.json and runs.json, the report made from exactly those, pages."""
+def publish(args: argparse.Namespace, sets: dict[str, Path]) -> None:
+    """The committed copy: each set's experiment.json and runs.json (not Locust's raw files)."""
     for location, out in sets.items():
         copy = args.docs / location
         copy.mkdir(parents=True, exist_ok=True)
         for name in (CONDITIONS_FILE, RUNS_JSON):
             shutil.copy2(out / name, copy / name)
+
+
+def write_report(args: argparse.Namespace, clock: Clock) -> None:
+    """The report made from exactly the committed copy, and its first pages as PNGs."""
+    sets = [args.docs / location for location in CLIENT_LOCATIONS]
     report = args.docs / "report"
     clock.say(f"report -> {report}")
-    pods = Experiment.load(next(iter(sets.values()))).environment["service"]
-    lines = [part for line in title_lines(args, pods["pod_cpu"], pods["pod_memory"]) for part in ("--line", line)]
-    subprocess.run([sys.executable, "-m", "clouddetect", "lab", "report",
-                    *[args.docs / location for location in sets], "--out", report, "--title", TITLE,
+    lines = [part for line in title_lines(*map(Experiment.load, sets)) for part in ("--line", line)]
+    subprocess.run([sys.executable, "-m", "clouddetect", "lab", "report", *sets, "--out", report, "--title", TITLE,
                     *lines], check=True)
     (report / "report.html").unlink(missing_ok=True)  # the PDF is its print; the Markdown its text
     subprocess.run(["pdftoppm", "-png", "-r", str(PAGE_DPI), "-f", "1", "-l", str(PAGES), report / "report.pdf",
                     report / "page"], check=True)
 
 
-def title_lines(args: argparse.Namespace, pod_cpu: str, pod_memory: str) -> list[str]:
-    runs = len(ASSIGNMENT_PODS) * len(CLIENT_LOCATIONS) * args.repeats
+def title_lines(master: Experiment, remote: Experiment) -> list[str]:
+    """What was scaled and why, and the conditions, as the experiments recorded them."""
+    pods, link = master.environment["service"], remote.conditions["client_link"] or {}
+    runs = len(master.runs) + len(remote.runs)
     return [
-        f"Scaled to fit: each pod's CPU is {pod_cpu} (memory {pod_memory} as assigned) because eight pods of 0.5 "
-        "CPU, the load generator and the control plane do not fit the 2-core machine that runs all three nodes "
-        f"(deploy/k8s/overlays/test-cluster-cpu-scaled); per-pod figures are per {pod_cpu} of CPU.",
-        f"Timeout {args.timeout_s:g} s and hold {args.hold_s:g} s, so that the {runs} runs finish within 90 "
-        f"minutes; remote client: a network namespace, {args.rtt_ms:g} ms round trip, {args.bandwidth_mbit:g} "
-        "Mbit/s each way.",
+        f"Scaled to fit: each pod's CPU is {pods['pod_cpu']} (memory {pods['pod_memory']} as assigned) because eight "
+        "pods of 0.5 CPU, the load generator and the control plane do not fit the 2-core machine that runs all "
+        f"three nodes (deploy/k8s/overlays/test-cluster-cpu-scaled); per-pod figures are per {pods['pod_cpu']} of "
+        "CPU.",
+        f"Timeout {master.conditions['timeout_s']:g} s and hold {master.conditions['hold_s']:g} s, so that the "
+        f"{runs} runs finish within 90 minutes; remote client: a network namespace, {link.get('rtt_ms', 0):g} ms "
+        f"round trip, {link.get('bandwidth_mbit', 0):g} Mbit/s each way.",
         "Made by `python benchmarks/full_table.py`.",
     ]
 
@@ -146,6 +155,13 @@ def main() -> None:
     if shutil.which("pdftoppm") is None:
         sys.exit("pdftoppm is missing: apt-get install poppler-utils")
     clock = Clock()
+    if not args.report_only:
+        measure(args, clock)
+    write_report(args, clock)
+    clock.say("done")
+
+
+def measure(args: argparse.Namespace, clock: Clock) -> None:
     out = args.out or ROOT / "results" / datetime.now(UTC).strftime("full-table-%Y%m%d-%H%M%S")
     clock.say(f"expected: {expected_s(args) / 60:.0f} minutes for {len(ASSIGNMENT_PODS)} pod counts x "
               f"{len(CLIENT_LOCATIONS)} client locations x {args.repeats} repeats, scaling included, after the "
@@ -160,8 +176,7 @@ def main() -> None:
             command = [sys.executable, "-m", "clouddetect", "lab", "link", "run", "--rtt-ms", str(args.rtt_ms),
                        "--bandwidth-mbit", str(args.bandwidth_mbit), "--", *command]
         subprocess.run(command, check=True)
-    publish(args, sets, clock)
-    clock.say("done")
+    publish(args, sets)
 
 
 if __name__ == "__main__":
