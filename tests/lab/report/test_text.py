@@ -268,4 +268,4 @@ def test_a_busy_load_generator_makes_its_configuration_client_bound(recorded_run
     assert "At 4 pods with the client on master the figures are not the service's alone: a Locust process used 90%" \
         in said
     row = next(row for row in report.evidence_table(facts).rows if row[0] == "4")
-    assert row[2:] == ["0.149 ± 0.000 of 0.15", "95% ± 0", "160 of 512 MiB", "90%", "-", "75% ± 0", "client (1 of 1)"]
+    assert row[2:] == ["0.149 ± 0.000 of 0.15", "95% ± 0", "160 of 512 MiB", "90.0%", "-", "75% ± 0", "client (1 of 1)"]

@@ -111,8 +111,8 @@ def _pct_spread(summary: Spread | None) -> str:
     return "-" if summary is None else f"{summary.mean:.0%} ± {summary.std * 100:.0f}"
 
 
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
+def _share(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}%}"
 
 
 def _of(value: str, limit: float | None, digits: int, unit: str = "") -> str:
@@ -136,7 +136,7 @@ def evidence_table(facts: Facts) -> Table:
         cores = "-" if e.pod_cpu_cores is None else f"{e.pod_cpu_cores.mean:.3f} ± {e.pod_cpu_cores.std:.3f}"
         memory = "-" if e.memory_peak_mib is None else f"{e.memory_peak_mib:.0f}"
         rows.append([str(p.pods), p.location, _of(cores, e.pod_cpu_limit_cores, 2), _pct_spread(e.throttled_share),
-                     _of(memory, e.memory_limit_mib, 0, " MiB"), _share(e.client_cpu_share_max),
+                     _of(memory, e.memory_limit_mib, 0, " MiB"), _share(e.client_cpu_share_max, 1),
                      _pct_spread(e.link_share), _pct_spread(e.machine_busy_share), _bound(p)])
     limits = facts.bound_thresholds
     caption = ("What bound each configuration, measured over the holds of its accepted loads: each pod's CPU from "
