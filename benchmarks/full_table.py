@@ -130,13 +130,14 @@ def write_report(args: argparse.Namespace, clock: Clock) -> None:
     subprocess.run([sys.executable, "-m", "clouddetect", "lab", "report", *sets, "--out", report, "--title", TITLE,
                     *lines], check=True)
     (report / "report.html").unlink(missing_ok=True)  # the PDF is its print; the Markdown its text
-    subprocess.run(["pdftoppm", "-png", "-r", str(PAGE_DPI), "-f", "1", "-l", str(PAGES), report / "report.pdf",
-                    report / "page"], check=True)
+    for page in range(1, PAGES + 1):  # one file each, named alike however many pages the PDF has
+        subprocess.run(["pdftoppm", "-png", "-r", str(PAGE_DPI), "-f", str(page), "-l", str(page), "-singlefile",
+                        report / "report.pdf", report / f"page-{page}"], check=True)
 
 
 def title_lines(master: Experiment, remote: Experiment) -> list[str]:
     """What was scaled and why, and the conditions, as the experiments recorded them."""
-    pods, link = master.environment["service"], remote.conditions["client_link"] or {}
+    pods, link = master.environment["service"], remote.conditions["client_link"]
     runs = len(master.runs) + len(remote.runs)
     return [
         f"Scaled to fit: each pod's CPU is {pods['pod_cpu']} (memory {pods['pod_memory']} as assigned) because eight "
@@ -144,8 +145,8 @@ def title_lines(master: Experiment, remote: Experiment) -> list[str]:
         f"three nodes (deploy/k8s/overlays/test-cluster-cpu-scaled); per-pod figures are per {pods['pod_cpu']} of "
         "CPU.",
         f"Timeout {master.conditions['timeout_s']:g} s and hold {master.conditions['hold_s']:g} s, so that the "
-        f"{runs} runs finish within 90 minutes; remote client: a network namespace, {link.get('rtt_ms', 0):g} ms "
-        f"round trip, {link.get('bandwidth_mbit', 0):g} Mbit/s each way.",
+        f"{runs} runs finish within 90 minutes; remote client: a network namespace, {link['rtt_ms']:g} ms "
+        f"round trip, {link['bandwidth_mbit']:g} Mbit/s each way.",
         "Made by `python benchmarks/full_table.py`.",
     ]
 

@@ -140,9 +140,9 @@ class CapacityShape(LoadTestShape):
     def _failure_counts(self) -> bool:
         """Whether a failure ends the step: one sent before a jump was done (the search's, or a confirmation's quick
         start) met the jump's burst, not the load it reaches. Many users starting at once open their connections
-        together, and kube-proxy's random pick gives some pods more of them than their share: at 8 pods a
-        confirmation of 98 users failed on 503s within 3 s of its burst and stepped down to 59, which then held
-        with a p95 of 5.4 s against a 10 s timeout."""
+        together, and kube-proxy's random pick gives some pods more of them than their share: measured before this
+        rule, an 8-pod confirmation of 98 users failed on 503s within 3 s of its burst and stepped down to 59,
+        which then held with a p95 of 5.4 s against a 10 s timeout."""
         if not self.jump_to:
             return True
         done_at = self.jump_done_wall

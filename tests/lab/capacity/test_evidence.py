@@ -49,7 +49,7 @@ def test_a_pod_at_its_quota_is_the_bound_and_nothing_else_is() -> None:
     assert found["load_generator_machine_cpu_busy_share"] == 0.75
     assert found["link_utilisation_share"] is None
     assert (found["client_bound"], found["machine_bound"], found["bound_reasons"]) == (False, False, [])
-    assert describe(found) == ("pod CPU 0.49 of 0.50, throttled 92% of periods, peak 301 of 512 MiB; client CPU 22%; "
+    assert describe(found) == ("pod CPU 0.49 of 0.50, throttled 92% of periods, peak 301 of 512 MiB; client CPU 22.0%; "
                                "load generator's machine 75% busy")
 
 
@@ -104,7 +104,7 @@ def test_a_service_without_cgroup_counters_gives_no_pod_evidence_and_no_flag() -
     found = judged(snapshot(0.0, {"a": bare}, 0.0), snapshot(HOLD_S, {"a": bare}, 1.0))
     assert found["pod_cpu_cores_used_mean"] is None and found["pod_cpu_throttled_period_share_mean"] is None
     assert not found["machine_bound"]
-    assert describe(found) == "client CPU 5%; load generator's machine 0% busy"
+    assert describe(found) == "client CPU 5.0%; load generator's machine 0% busy"
 
 
 def test_a_snapshot_reads_a_real_process_tree_and_this_machine() -> None:

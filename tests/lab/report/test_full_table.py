@@ -18,7 +18,7 @@ from support import apt_install
 FULL_TABLE = Path(__file__).resolve().parents[3] / "docs" / "full-table"
 COMMITTED_REPORT = FULL_TABLE / "report"
 REPEATS = 3
-PAGES = ("page-01.png", "page-02.png")
+PAGES = ("page-1.png", "page-2.png")
 
 
 @pytest.fixture(scope="module")

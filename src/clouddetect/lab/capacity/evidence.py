@@ -205,7 +205,7 @@ def describe(found: dict[str, Any]) -> str:
         pod.append(f"peak {found['pod_memory_peak_mib_max']:.0f}" + (f" of {limit:.0f}" if limit else "") + " MiB")
     parts = [", ".join(pod)] if pod else []
     if found.get("client_cpu_core_share_max") is not None:
-        parts.append(f"client CPU {found['client_cpu_core_share_max']:.0%}")
+        parts.append(f"client CPU {found['client_cpu_core_share_max']:.1%}")
     if found.get("link_utilisation_share") is not None:
         parts.append(f"link {found['link_utilisation_share']:.0%} of its rate")
     if found.get("load_generator_machine_cpu_busy_share") is not None:

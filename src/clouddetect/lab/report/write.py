@@ -145,7 +145,8 @@ def evidence_table(facts: Facts) -> Table:
                "Locust process's share of a core, the client link's use of its rate, and the load generator's "
                f"machine's CPU. A run is client-bound when a Locust process passed {limits.client_cpu_bound_share:.0%} "
                f"of a core or the link {limits.link_bound_share:.0%} of its rate, machine-bound when its pods used "
-               f"under {limits.pod_cpu_starved_share:.0%} of their CPU limit. '-': not measured.")
+               f"under {limits.pod_cpu_starved_share:.0%} of their CPU limit though saturated and not client-bound. "
+               "'-': not measured.")
     return Table(header, rows, caption, wide=True)
 
 
