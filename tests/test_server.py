@@ -37,6 +37,8 @@ STOP_ROUNDS = 5
 BACK_TO_BACK_USERS = 16
 ANSWERS_BEFORE_STOP = 200
 STOP_WAIT_S = 0.2
+# Time for the server to see a closed connection and free its place.
+CONNECTION_CLOSE_SEEN_S = 0.5
 
 
 def post(url: str, payload: dict[str, str]) -> requests.Response:
@@ -403,6 +405,9 @@ def test_an_unread_body_gives_its_connection_back(tmp_path, images) -> None:
     with live_server(tmp_path, "--max-connections", "1", "--max-body-bytes", "300000",
                      "--max-receiving-body-bytes", "300000") as running:
         for _ in range(3):
+            # The one place must be free: the server must have seen the last client close (the readiness check's
+            # too, which had just closed when the server was found ready).
+            time.sleep(CONNECTION_CLOSE_SEEN_S)
             with socket.create_connection(("127.0.0.1", running.port)) as sock:
                 start, _drip = first_bytes("body", 50_000_000)
                 sock.sendall(start)
@@ -412,7 +417,7 @@ def test_an_unread_body_gives_its_connection_back(tmp_path, images) -> None:
                 # The server closes with the body unread, which may reset the connection before the 413 is read.
                 with contextlib.suppress(ConnectionResetError):
                     assert sock.recv(4096).startswith(b"HTTP/1.1 413")
-            time.sleep(0.5)
+        time.sleep(CONNECTION_CLOSE_SEEN_S)
         assert post(running.url, request_body(images[1])).status_code == 200
 
 
