@@ -8,10 +8,12 @@ reached, so the figures of a held step are those of the steady state, not of the
 A search step (``--lab-start-fraction`` above 0) also measures the saturation throughput while ramping and, once
 saturated, jumps to that share of throughput x timeout (plus think time), well below where the first timeout is
 expected, and ramps on from there. A confirmation jumps at once to its quick start. Requests sent before a jump
-is done meet its burst, not a steady load: their failures are recorded but do not end the step (the hold decides).
+is done meet its burst, not a steady load: their failures are counted apart (``burst_failures``) and neither end
+nor fail the step, and the hold starts only once every one of them is judged, so its figures are the load's alone.
 
 When a step ends no user starts another request, and the requests in flight are awaited (Locust's stop timeout)
-and judged; the outcome records requests sent and judged, counted by the users themselves. The target rises by one
+and judged; one of them that fails fails the step, at the users it was sent under. The outcome records requests
+sent and judged, counted by the users themselves. The target rises by one
 second's worth of users per tick: a distributed master blocks in ``start()`` until a ramp completes, and small
 steps keep it checking for failures. At exit the outcome goes to a JSON file for the lab.
 """
@@ -98,7 +100,7 @@ class CapacityShape(LoadTestShape):
             return self._stop(now_s)
         if options.lab_start_fraction > 0:
             self._search(Sample(now_s, users, total.num_requests, total.total_response_time), options)
-        if self.reached_s is None and users >= options.lab_users:
+        if self.reached_s is None and users >= options.lab_users and self._burst_judged():
             self.reached_s = now_s
             print(f"{PROGRESS_PREFIX} {now_s:.0f} s, {HOLD_STARTED} {users} users", flush=True)
             self.runner.stats.reset_all()
@@ -137,21 +139,33 @@ class CapacityShape(LoadTestShape):
         self.stable = is_stable(self.window_ms, options.lab_stable_tolerance_pct)
         return self.stable is not False or held_s >= options.lab_hold_s + options.lab_max_extension_s
 
+    def _counted_from(self) -> float | None:
+        """When a failed request starts to count (its wall-clock send time): from the start, or once the jump is
+        done; None while it is not.
+
+        A request sent before met the jump's burst, not the load it reaches. Many users starting at once open their
+        connections together, and kube-proxy's random pick gives some pods more of them than their share: measured
+        before this rule, an 8-pod confirmation of 98 users failed on 503s within 3 s of its burst and stepped down
+        to 59, which then held with a p95 of 5.4 s against a 10 s timeout."""
+        return self.jump_done_wall if self.jump_to else 0.0
+
     def _failure_counts(self) -> bool:
-        """Whether a failure ends the step: one sent before a jump was done (the search's, or a confirmation's quick
-        start) met the jump's burst, not the load it reaches. Many users starting at once open their connections
-        together, and kube-proxy's random pick gives some pods more of them than their share: measured before this
-        rule, an 8-pod confirmation of 98 users failed on 503s within 3 s of its burst and stepped down to 59,
-        which then held with a p95 of 5.4 s against a 10 s timeout."""
-        if not self.jump_to:
-            return True
-        done_at = self.jump_done_wall
-        return done_at is not None and self._tally().first_failure_sent_at(done_at) is not None
+        counted_from = self._counted_from()
+        return counted_from is not None and self._tally().first_failure_sent_at(counted_from) is not None
+
+    def _burst_judged(self) -> bool:
+        """Whether the jump's burst is over: a burst request judged late (up to the timeout) would otherwise land in
+        the hold's figures and fail a hold that met no failure of its own."""
+        counted_from = self._counted_from()
+        return counted_from is not None and self._tally().judged_all_sent_before(counted_from)
+
+    def _burst_failures(self) -> int:
+        counted_from = self._counted_from()
+        return self._tally().failures_sent_before(math.inf if counted_from is None else counted_from)
 
     def _users_at_first_failure(self, users_now: int) -> int:
-        """Users when the first (counted) failed request was sent: the load that made it fail."""
-        counted_from = self.jump_done_wall if self.jump_to and self.jump_done_wall else 0.0
-        sent_at = self._tally().first_failure_sent_at(counted_from)
+        """Users when the first counted failed request was sent: the load that made it fail."""
+        sent_at = self._tally().first_failure_sent_at(self._counted_from() or 0.0)
         met = None if sent_at is None else users_at(self.history, sent_at)
         return users_now if met is None else max(1, met)
 
@@ -194,8 +208,12 @@ class CapacityShape(LoadTestShape):
 
     def outcome(self) -> dict[str, Any]:
         counted = self._tally()
+        first_failure_users = self.first_failure_users
+        if first_failure_users is None and self._failure_counts():  # judged after the step stopped
+            first_failure_users = self._users_at_first_failure(self.peak_users)
         return {
-            "first_failure_users": self.first_failure_users,
+            "first_failure_users": first_failure_users,
+            "burst_failures": self._burst_failures(),
             "peak_users": self.peak_users,
             "held_s": None if self.reached_s is None or self.stopped_s is None else self.stopped_s - self.reached_s,
             "start_users": self.jump_to,

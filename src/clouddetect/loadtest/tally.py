@@ -20,13 +20,18 @@ class Tally:
     judged: int = 0
     # Wall-clock times at which failed requests were sent (the lab maps them to the users of that moment).
     failures_sent_at: list[float] = field(default_factory=list)
+    # Wall-clock times at which the requests not yet judged were sent.
+    in_flight_sent_at: list[float] = field(default_factory=list)
 
     def send(self) -> float:
         self.sent += 1
-        return time.time()
+        sent_at = time.time()
+        self.in_flight_sent_at.append(sent_at)
+        return sent_at
 
     def judge(self, sent_at: float, failed: bool) -> None:
         self.judged += 1
+        self.in_flight_sent_at.remove(sent_at)
         if failed:
             self.failures_sent_at.append(sent_at)
 
@@ -34,13 +39,21 @@ class Tally:
         """When the earliest failed request sent at or after ``since`` was sent."""
         return min((t for t in self.failures_sent_at if t >= since), default=None)
 
+    def failures_sent_before(self, moment: float) -> int:
+        return sum(1 for t in self.failures_sent_at if t < moment)
+
+    def judged_all_sent_before(self, moment: float) -> bool:
+        """Whether no request sent before ``moment`` is still waiting for its answer (or its timeout)."""
+        return all(t >= moment for t in self.in_flight_sent_at)
+
     def as_report(self) -> dict[str, float | int | None]:
         return asdict(self)
 
 
 def combined(tallies: list[Tally]) -> Tally:
     return Tally(sum(t.sent for t in tallies), sum(t.judged for t in tallies),
-                 [sent_at for t in tallies for sent_at in t.failures_sent_at])
+                 [sent_at for t in tallies for sent_at in t.failures_sent_at],
+                 [sent_at for t in tallies for sent_at in t.in_flight_sent_at])
 
 
 # This process's users count here; on a distributed master, each worker's latest report is kept by its id.

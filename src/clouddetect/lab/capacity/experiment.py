@@ -174,7 +174,9 @@ class Runner:
             verdict = "held" if outcome.passed else f"failed ({describe_kinds(outcome.failure_kinds, none='none')})"
             unjudged = outcome.requests_sent - outcome.requests_judged
             self.say(f"{step_label}: {verdict}; p95 {_ms(outcome.p95_ms)}; {outcome.requests_judged} of "
-                     f"{outcome.requests_sent} requests judged" + (f" ({unjudged} never answered)" if unjudged else ""))
+                     f"{outcome.requests_sent} requests judged" + (f" ({unjudged} never answered)" if unjudged else "")
+                     + (f"; {outcome.burst_failures} failed in the jump's burst, not counted"
+                        if outcome.burst_failures else ""))
             found = None
             if outcome.passed and HOLD_STARTED in snapshots and STOPPING in snapshots:
                 found = evidence.evidence(snapshots[HOLD_STARTED], snapshots[STOPPING], self.link_rate_mbit)
@@ -235,7 +237,8 @@ def _step_record(outcome: StepOutcome) -> StepRecord:
     return StepRecord(name=outcome.name, users=outcome.users, passed=outcome.passed,
                       first_failure_users=outcome.first_failure_users, held_s=outcome.held_s,
                       stable=outcome.stable, p95_ms=outcome.p95_ms, requests_sent=outcome.requests_sent,
-                      requests_judged=outcome.requests_judged)
+                      requests_judged=outcome.requests_judged, failures=outcome.failures,
+                      failure_kinds=outcome.failure_kinds, burst_failures=outcome.burst_failures)
 
 
 def _evidence_line(found: dict[str, Any] | None) -> str:

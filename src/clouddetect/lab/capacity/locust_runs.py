@@ -67,10 +67,13 @@ class StepOutcome:
     stable: bool | None = None
     window_ms: list[float | None] = field(default_factory=list)
     name: str = ""
+    # Failed requests sent before the jump to ``start_users`` was done: they met its burst, and do not count.
+    burst_failures: int = 0
 
     @property
     def passed(self) -> bool:
-        """Held with no failure, and every request sent was judged (none left unanswered when the step ended)."""
+        """Held with no counted failure (one judged after the step stopped included), and every request sent was
+        judged (none left unanswered when the step ended)."""
         return (self.first_failure_users is None and self.failures == 0 and self.held_s is not None
                 and self.requests_sent == self.requests_judged)
 
