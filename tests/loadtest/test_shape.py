@@ -102,11 +102,12 @@ def test_failures_of_a_jumps_burst_judged_after_the_target_is_reached_neither_co
 def test_a_failure_judged_after_the_step_stopped_fails_it_at_the_users_it_was_sent_under(
     tmp_path: Path, images: list[Path]
 ) -> None:
-    # From 1 s on, every request fails, 6 s after it was sent: after a 1 s hold (and its 1 s extension) is over.
-    late = Failing(from_s=1.0, until_s=float("inf"), delay_s=6.0)
-    outcome = step(late, StepPlan("confirm-1", users=2, spawn_rate=10.0, hold_s=1.0), images, tmp_path)
+    # The first user's first request fails 8 s after it was sent: after the ramp to three users at 1 user/s, the 1 s
+    # hold and its 1 s extension are over.
+    late = Failing(from_s=0.0, until_s=0.5, delay_s=8.0)
+    outcome = step(late, StepPlan("confirm-1", users=3, spawn_rate=1.0, hold_s=1.0), images, tmp_path)
     assert outcome.held_s is not None
-    assert outcome.failures > 0 and outcome.burst_failures == 0
-    assert outcome.first_failure_users == 2
+    assert outcome.burst_failures == 0  # no jump, no burst
+    assert outcome.first_failure_users == 1
     assert not outcome.passed
     assert outcome.requests_sent == outcome.requests_judged

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from clouddetect.loadtest.tally import Tally, combined
 
 
@@ -25,9 +27,11 @@ def test_failures_remember_when_they_were_sent() -> None:
     tally.judge(10.0, failed=False)
     tally.judge(20.0, failed=True)
     assert tally.first_failure_sent_at() == 20.0
-    assert tally.first_failure_sent_at(since=25.0) == 30.0
-    assert tally.first_failure_sent_at(since=31.0) is None
-    assert [tally.failures_sent_before(t) for t in (20.0, 25.0, 31.0)] == [0, 1, 2]
+    assert tally.first_failure_sent_at(excluding=(15.0, 25.0)) == 30.0
+    assert tally.first_failure_sent_at(excluding=(0.0, 31.0)) is None
+    assert tally.first_failure_sent_at(excluding=(25.0, 30.0)) == 20.0  # the end is not within
+    assert [tally.failures_sent_within(w) for w in ((0.0, 20.0), (0.0, 25.0), (20.0, 30.0), (0.0, 31.0))] == [
+        0, 1, 1, 2]
 
 
 def test_requests_sent_before_a_moment_are_judged_once_none_of_them_is_in_flight() -> None:
@@ -39,10 +43,13 @@ def test_requests_sent_before_a_moment_are_judged_once_none_of_them_is_in_flight
     assert not tally.judged_all_sent_before(25.0)  # the one sent at 20 waits, and was sent before 25
 
 
-def test_workers_reports_add_up() -> None:
+def test_workers_reports_add_up_and_say_when_they_left() -> None:
+    before = time.time()
     reports = [Tally(5, 4, [12.0], [14.0]).as_report(), Tally(3, 3, [11.0, 15.0]).as_report()]
-    total = combined([Tally(**report) for report in reports])
+    received = [Tally(**report) for report in reports]
+    assert all(t.reported_at >= before for t in received)
+    total = combined(received)
     assert (total.sent, total.judged) == (8, 7)
     assert total.first_failure_sent_at() == 11.0
-    assert total.failures_sent_before(13.0) == 2
+    assert total.failures_sent_within((0.0, 13.0)) == 2
     assert not total.judged_all_sent_before(15.0)

@@ -85,15 +85,19 @@ class DetectionUser(FastHttpUser):
         timeout_s = self.environment.parsed_options.request_timeout_s
         sent_at = tally.LOCAL.send()
         headers = {**JSON_HEADERS, TIMEOUT_HEADER: f"{timeout_s:g}"}  # the service gives up when this client does
-        with self.client.post(ENDPOINT, data=request_body(request_id, self.pick_image()), headers=headers,
-                              catch_response=True) as response:
-            elapsed_s = response.request_meta["response_time"] / 1000
-            # Status 0: no answer at all, and the error says why; other statuses carry a body to judge.
-            error = getattr(response, "error", None) if response.status_code == 0 else None
-            text = None if error else response.text
-            kind = failure_kind(response.status_code, text, request_id, elapsed_s, timeout_s, error)
-            if kind is None:
-                response.success()
-            else:
-                response.failure(kind)
+        try:
+            with self.client.post(ENDPOINT, data=request_body(request_id, self.pick_image()), headers=headers,
+                                  catch_response=True) as response:
+                elapsed_s = response.request_meta["response_time"] / 1000
+                # Status 0: no answer at all, and the error says why; other statuses carry a body to judge.
+                error = getattr(response, "error", None) if response.status_code == 0 else None
+                text = None if error else response.text
+                kind = failure_kind(response.status_code, text, request_id, elapsed_s, timeout_s, error)
+                if kind is None:
+                    response.success()
+                else:
+                    response.failure(kind)
+        except Exception:  # Locust logs it and goes on; judged failed, it is not left in flight (a stopped user is)
+            tally.LOCAL.judge(sent_at, failed=True)
+            raise
         tally.LOCAL.judge(sent_at, failed=kind is not None)

@@ -2,14 +2,17 @@
 
 Users ramp at the spawn rate towards a target, after an optional quick jump to a level known to be safe; the step
 ends at the first failed request, or once the target has been held for the hold time and the hold's response times
-are stable (``stability.py``), extended up to a bound while they are not. Statistics are reset when the target is
-reached, so the figures of a held step are those of the steady state, not of the ramp.
+are stable (``stability.py``), extended up to a bound while they are not. Statistics are reset when the hold starts
+(the target reached, the jump's burst judged), so the figures of a held step are those of the steady state, not of
+the ramp.
 
 A search step (``--lab-start-fraction`` above 0) also measures the saturation throughput while ramping and, once
 saturated, jumps to that share of throughput x timeout (plus think time), well below where the first timeout is
-expected, and ramps on from there. A confirmation jumps at once to its quick start. Requests sent before a jump
-is done meet its burst, not a steady load: their failures are counted apart (``burst_failures``) and neither end
-nor fail the step, and the hold starts only once every one of them is judged, so its figures are the load's alone.
+expected, and ramps on from there. A confirmation jumps at once to its quick start. Requests sent from when a jump
+is decided until it is done meet its burst, not a steady load: their failures are counted apart
+(``burst_failures``) and neither end nor fail the step, and the hold starts only once every one of them is judged
+(or a stop timeout after the jump: a request lost for good fails the step as never answered), so its figures are
+the load's alone.
 
 When a step ends no user starts another request, and the requests in flight are awaited (Locust's stop timeout)
 and judged; one of them that fails fails the step, at the users it was sent under. The outcome records requests
@@ -77,6 +80,7 @@ class CapacityShape(LoadTestShape):
         self.window_ms: list[float | None] = []
         self.stable: bool | None = None
         self.jump_to = 0
+        self.jump_set_wall = 0.0  # when the jump was decided: a confirmation's from its start
         self.jump_done_s: float | None = None
         self.jump_done_wall: float | None = None
         self.probe: SaturationProbe | None = None
@@ -100,7 +104,7 @@ class CapacityShape(LoadTestShape):
             return self._stop(now_s)
         if options.lab_start_fraction > 0:
             self._search(Sample(now_s, users, total.num_requests, total.total_response_time), options)
-        if self.reached_s is None and users >= options.lab_users and self._burst_judged():
+        if self.reached_s is None and users >= options.lab_users and self._burst_judged(now_s, options):
             self.reached_s = now_s
             print(f"{PROGRESS_PREFIX} {now_s:.0f} s, {HOLD_STARTED} {users} users", flush=True)
             self.runner.stats.reset_all()
@@ -115,7 +119,7 @@ class CapacityShape(LoadTestShape):
             return
         start = math.floor(self.probe.rps * (options.lab_start_fraction * options.request_timeout_s + options.wait_s))
         if start > sample.users:
-            self.jump_to = min(start, options.lab_users)
+            self.jump_to, self.jump_set_wall = min(start, options.lab_users), time.time()
             print(f"{PROGRESS_PREFIX} saturated at {self.probe.rps:.1f} req/s; jumping to {self.jump_to} users",
                   flush=True)
 
@@ -139,33 +143,47 @@ class CapacityShape(LoadTestShape):
         self.stable = is_stable(self.window_ms, options.lab_stable_tolerance_pct)
         return self.stable is not False or held_s >= options.lab_hold_s + options.lab_max_extension_s
 
-    def _counted_from(self) -> float | None:
-        """When a failed request starts to count (its wall-clock send time): from the start, or once the jump is
-        done; None while it is not.
+    def _burst(self) -> tally.Window | None:
+        """When requests met the jump's burst (open-ended while it is under way); None without a jump.
 
-        A request sent before met the jump's burst, not the load it reaches. Many users starting at once open their
-        connections together, and kube-proxy's random pick gives some pods more of them than their share: measured
-        before this rule, an 8-pod confirmation of 98 users failed on 503s within 3 s of its burst and stepped down
-        to 59, which then held with a p95 of 5.4 s against a 10 s timeout."""
-        return self.jump_done_wall if self.jump_to else 0.0
+        Those requests met the jump, not the load it reaches. Many users starting at once open their connections
+        together, and kube-proxy's random pick gives some pods more of them than their share: measured before this
+        rule, an 8-pod confirmation of 98 users failed on 503s within 3 s of its burst and stepped down to 59,
+        which then held with a p95 of 5.4 s against a 10 s timeout."""
+        if not self.jump_to:
+            return None
+        return self.jump_set_wall, math.inf if self.jump_done_wall is None else self.jump_done_wall
 
     def _failure_counts(self) -> bool:
-        counted_from = self._counted_from()
-        return counted_from is not None and self._tally().first_failure_sent_at(counted_from) is not None
+        return self._tally().first_failure_sent_at(excluding=self._burst()) is not None
 
-    def _burst_judged(self) -> bool:
-        """Whether the jump's burst is over: a burst request judged late (up to the timeout) would otherwise land in
-        the hold's figures and fail a hold that met no failure of its own."""
-        counted_from = self._counted_from()
-        return counted_from is not None and self._tally().judged_all_sent_before(counted_from)
+    def _burst_judged(self, now_s: float, options: Any) -> bool:
+        """Whether the hold may start: a burst request judged late (up to a stop timeout) would otherwise land in
+        its figures and fail a hold that met no failure of its own. A request still unjudged a stop timeout after
+        the jump is lost, and fails the step as never answered."""
+        burst = self._burst()
+        if burst is None:
+            return True
+        if self.jump_done_s is None:
+            return False
+        if now_s - self.jump_done_s >= stop_timeout_s(options.request_timeout_s):
+            return True
+        return self._reported_since(burst[1]) and self._tally().judged_all_sent_before(burst[1])
+
+    def _reported_since(self, moment: float) -> bool:
+        """Whether the counts are newer than ``moment``: a master hears each worker's every few seconds."""
+        if not isinstance(self.runner, MasterRunner):
+            return True
+        reports = list(tally.WORKERS.values())
+        return len(reports) >= self.runner.worker_count and all(t.reported_at >= moment for t in reports)
 
     def _burst_failures(self) -> int:
-        counted_from = self._counted_from()
-        return self._tally().failures_sent_before(math.inf if counted_from is None else counted_from)
+        burst = self._burst()
+        return 0 if burst is None else self._tally().failures_sent_within(burst)
 
     def _users_at_first_failure(self, users_now: int) -> int:
         """Users when the first counted failed request was sent: the load that made it fail."""
-        sent_at = self._tally().first_failure_sent_at(self._counted_from() or 0.0)
+        sent_at = self._tally().first_failure_sent_at(excluding=self._burst())
         met = None if sent_at is None else users_at(self.history, sent_at)
         return users_now if met is None else max(1, met)
 
@@ -208,9 +226,9 @@ class CapacityShape(LoadTestShape):
 
     def outcome(self) -> dict[str, Any]:
         counted = self._tally()
-        first_failure_users = self.first_failure_users
-        if first_failure_users is None and self._failure_counts():  # judged after the step stopped
-            first_failure_users = self._users_at_first_failure(self.peak_users)
+        # Over every request judged, those judged after the step stopped included: the earliest counted failure.
+        first_failure_users = (self._users_at_first_failure(self.first_failure_users or self.peak_users)
+                               if self._failure_counts() else None)
         return {
             "first_failure_users": first_failure_users,
             "burst_failures": self._burst_failures(),

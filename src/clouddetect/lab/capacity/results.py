@@ -40,8 +40,8 @@ class StepRecord:
     p95_ms: float | None
     requests_sent: int
     requests_judged: int
-    # Failed requests of the hold (of the whole step if it never held) and their kinds; those of the jump's burst,
-    # which did not count. None in a step recorded before they were kept.
+    # Failed requests of the hold and their kinds (of the whole step if it never held, the burst's included);
+    # failed requests of the jump's burst, which did not count. None in a step recorded before they were kept.
     failures: int | None = None
     failure_kinds: dict[str, int] | None = None
     burst_failures: int | None = None
