@@ -98,7 +98,7 @@ class CapacityShape(LoadTestShape):
         self.peak_users = max(self.peak_users, users)
         self.history.append((time.time(), users))
         self._progress(now_s, users, options.lab_progress_interval_s)
-        if total.num_failures and self._failure_counts():
+        if self._failure_counts():  # from the users' own counts: a task that raised is in no Locust figure
             self.first_failure_users = self._users_at_first_failure(users)
             self.probe.overloaded = True
             return self._stop(now_s)
@@ -171,11 +171,15 @@ class CapacityShape(LoadTestShape):
         return self._reported_since(burst[1]) and self._tally().judged_all_sent_before(burst[1])
 
     def _reported_since(self, moment: float) -> bool:
-        """Whether the counts are newer than ``moment``: a master hears each worker's every few seconds."""
+        """Whether every live worker's counts are newer than ``moment``: a master hears each every few seconds.
+
+        Reports are stamped by the worker's clock, the moment by the master's: one machine's (``--processes``), or
+        clocks kept in step."""
         if not isinstance(self.runner, MasterRunner):
             return True
-        reports = list(tally.WORKERS.values())
-        return len(reports) >= self.runner.worker_count and all(t.reported_at >= moment for t in reports)
+        clients = self.runner.clients
+        live = [worker.id for worker in (*clients.ready, *clients.spawning, *clients.running)]
+        return all(w in tally.WORKERS and tally.WORKERS[w].reported_at >= moment for w in live)
 
     def _burst_failures(self) -> int:
         burst = self._burst()

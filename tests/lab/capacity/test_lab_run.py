@@ -184,12 +184,22 @@ def test_with_locust_worker_processes_every_request_is_still_judged(tmp_path: Pa
     assert all(step["requests_sent"] == step["requests_judged"] for step in run["steps"])
 
 
+def interruptible(command: list[str]) -> subprocess.Popen[str]:
+    """``command`` started as from a terminal, where Ctrl-C interrupts it. A shell without job control starts its
+    background commands with SIGINT ignored, and a child inherits that; a handled signal is reset at exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_interrupted_experiment_keeps_finished_runs_and_resumes(tmp_path: Path, images: list[Path]) -> None:
     out = tmp_path / "experiment"
     with live_server(tmp_path, "--max-waiting-requests", "2") as server:
         args = lab_run_args(server, out, images, "--repeats", "2")
-        process = subprocess.Popen([sys.executable, "-m", "clouddetect", "lab", *args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        process = interruptible([sys.executable, "-m", "clouddetect", "lab", *args])
         deadline = time.monotonic() + LAB_TIMEOUT_S
         while not runs(out):
             assert process.poll() is None and time.monotonic() < deadline
