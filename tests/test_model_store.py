@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import functools
 import shutil
-import threading
 import zipfile
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from clouddetect.model_store import CFG, NAMES, SHA256, WEIGHTS, ModelError, ModelFiles, fetch, locate
+from support import http_server
 
 
 @pytest.fixture
@@ -38,12 +38,8 @@ def course_zip(tmp_path: Path, course_folder: Path) -> Path:
 def http_folder(course_zip: Path) -> Iterator[str]:
     """A real HTTP server on loopback serving the zip's folder."""
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(course_zip.parent))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(handler) as url:
+        yield url
 
 
 def assert_verified(folder: Path) -> None:

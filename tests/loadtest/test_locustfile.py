@@ -11,11 +11,10 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,7 +22,7 @@ import pytest
 import requests
 
 from clouddetect.lab.capacity.locust_runs import LOCUSTFILE
-from support import LiveServer, free_port, live_server
+from support import LiveServer, free_port, http_server, live_server, send_json
 
 pytestmark = pytest.mark.slow
 RUN_TIMEOUT_S = 120.0
@@ -71,12 +70,7 @@ class RecordingHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.first_images.setdefault(self.client_address[1], hashlib.sha256(body["image"].encode()).hexdigest())
-        answer = json.dumps({"id": body["id"], "objects": []}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
+        send_json(self, 200, json.dumps({"id": body["id"], "objects": []}).encode())
 
     def log_message(self, *_args: object) -> None:
         pass
@@ -84,15 +78,8 @@ class RecordingHandler(BaseHTTPRequestHandler):
 
 def test_users_start_at_different_images(tmp_path: Path, images: list[Path]) -> None:
     users = 12
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with http_server(RecordingHandler) as url:
         stats = headless(url, images, tmp_path, "-u", str(users), "-r", str(users), "-t", "8s", "--wait-s", "1")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert stats["num_failures"] == 0
     first = RecordingHandler.first_images
     assert len(first) == users

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from clouddetect.lab.capacity.locust_runs import StepOutcome, run_step
 from clouddetect.loadtest.settings import LoadSettings, StepPlan
+from support import http_server, send_json
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 10.0
@@ -50,17 +49,10 @@ def scripted_handler(failing: Failing) -> type[BaseHTTPRequestHandler]:
                 since_first_s = time.monotonic() - first[0]
             if failing.from_s <= since_first_s < failing.until_s:
                 time.sleep(failing.delay_s)
-                self._answer(503, b"")
+                send_json(self, 503, b"")
             else:
                 time.sleep(SERVICE_S)
-                self._answer(200, json.dumps({"id": body["id"], "objects": []}).encode())
-
-        def _answer(self, status: int, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                send_json(self, 200, json.dumps({"id": body["id"], "objects": []}).encode())
 
         def log_message(self, *_args: object) -> None:
             pass
@@ -68,21 +60,9 @@ def scripted_handler(failing: Failing) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@contextmanager
-def scripted_server(failing: Failing) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), scripted_handler(failing))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def step(failing: Failing, plan: StepPlan, images: list[Path], tmp_path: Path) -> StepOutcome:
     load = LoadSettings(timeout_s=TIMEOUT_S, images=images[0].parent, progress_interval_s=1.0, max_extension_s=1.0)
-    with scripted_server(failing) as url:
+    with http_server(scripted_handler(failing)) as url:
         return run_step(url, plan, load, tmp_path / plan.name, lambda _line: None)
 
 
