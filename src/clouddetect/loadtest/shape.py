@@ -98,8 +98,9 @@ class CapacityShape(LoadTestShape):
         self.peak_users = max(self.peak_users, users)
         self.history.append((time.time(), users))
         self._progress(now_s, users, options.lab_progress_interval_s)
-        if self._failure_counts():  # from the users' own counts: a task that raised is in no Locust figure
-            self.first_failure_users = self._users_at_first_failure(users)
+        # From the users' own counts: a task that raised is in no Locust figure.
+        if (first_failure_users := self._first_failure_users(users)) is not None:
+            self.first_failure_users = first_failure_users
             self.probe.overloaded = True
             return self._stop(now_s)
         if options.lab_start_fraction > 0:
@@ -154,9 +155,6 @@ class CapacityShape(LoadTestShape):
             return None
         return self.jump_set_wall, math.inf if self.jump_done_wall is None else self.jump_done_wall
 
-    def _failure_counts(self) -> bool:
-        return self._tally().first_failure_sent_at(excluding=self._burst()) is not None
-
     def _burst_judged(self, now_s: float, options: Any) -> bool:
         """Whether the hold may start: a burst request judged late (up to a stop timeout) would otherwise land in
         its figures and fail a hold that met no failure of its own. A request still unjudged a stop timeout after
@@ -185,10 +183,12 @@ class CapacityShape(LoadTestShape):
         burst = self._burst()
         return 0 if burst is None else self._tally().failures_sent_within(burst)
 
-    def _users_at_first_failure(self, users_now: int) -> int:
-        """Users when the first counted failed request was sent: the load that made it fail."""
+    def _first_failure_users(self, users_now: int) -> int | None:
+        """Users when the first counted failed request was sent (the load that made it fail); None if none was."""
         sent_at = self._tally().first_failure_sent_at(excluding=self._burst())
-        met = None if sent_at is None else users_at(self.history, sent_at)
+        if sent_at is None:
+            return None
+        met = users_at(self.history, sent_at)
         return users_now if met is None else max(1, met)
 
     def _tally(self) -> tally.Tally:
@@ -230,11 +230,9 @@ class CapacityShape(LoadTestShape):
 
     def outcome(self) -> dict[str, Any]:
         counted = self._tally()
-        # Over every request judged, those judged after the step stopped included: the earliest counted failure.
-        first_failure_users = (self._users_at_first_failure(self.first_failure_users or self.peak_users)
-                               if self._failure_counts() else None)
         return {
-            "first_failure_users": first_failure_users,
+            # Over every request judged, those judged after the step stopped included: the earliest counted failure.
+            "first_failure_users": self._first_failure_users(self.first_failure_users or self.peak_users),
             "burst_failures": self._burst_failures(),
             "peak_users": self.peak_users,
             "held_s": None if self.reached_s is None or self.stopped_s is None else self.stopped_s - self.reached_s,

@@ -67,7 +67,7 @@ class StepOutcome:
     stable: bool | None = None
     window_ms: list[float | None] = field(default_factory=list)
     name: str = ""
-    # Failed requests sent before the jump to ``start_users`` was done: they met its burst, and do not count.
+    # Failed requests sent from when a jump was decided until it was done: they met its burst, and do not count.
     burst_failures: int = 0
 
     @property
